@@ -1,0 +1,3 @@
+from aiserving.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""The REST front: legacy `/api/v1alpha` plus health checks, served by gunicorn.
+
+Stateless: it reads backend state the node publishes in redis, queues jobs on
+the model's stream and blocks on the job's reply list. This module is the one
+place where errors become HTTP responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid as uuidlib
+
+from flask import Flask, Response, request
+from PIL import Image, UnidentifiedImageError
+from werkzeug.exceptions import HTTPException
+
+from aiserving import broker as brk
+from aiserving.config import Settings
+from aiserving.errors import (AiservingError, BadRequest, InputError, NotReady, QueueFull,
+                              RequestTimeout)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1alpha"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        resolved = os.environ.get("AISRV_RESOLVED_SETTINGS")
+        settings = Settings(json.loads(resolved)) if resolved else Settings.load()
+    broker = brk.Broker(settings["redis.url"] or settings.redis_url, settings["node.name"],
+                        queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"])
+    timeout = float(settings["request.timeout_s"])
+    app = Flask("aiserving")
+
+    @app.errorhandler(AiservingError)
+    def _our_error(exc: AiservingError):
+        response = _json({"status": "failed", "message": exc.message}, exc.http_status)
+        if isinstance(exc, QueueFull):
+            response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return _json({"status": "failed", "message": exc.description}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _json({"status": "failed", "message": "internal error; see the node's log"}, 500)
+
+    @app.post(f"{PREFIX}/detect")
+    def detect():
+        body = _body()
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise BadRequest("field 'path' (absolute path of an image) is required")
+        _check_image(path)
+        backend = broker.backend(_opt_str(body, "bid"))
+        if not backend.get("serving"):
+            raise NotReady(f"backend {backend['bid']} has no model running "
+                           f"(status: {backend['switch']['status']})")
+        uuid = uuidlib.uuid4().hex
+        broker.enqueue(backend["serving"], {"uuid": uuid, "path": path, "reply": "1",
+                                            "t": repr(time.time())})
+        reply = broker.wait_reply(uuid, timeout)
+        if reply is None:
+            raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
+                                 f"under uuid {uuid}")
+        if reply[:1] == b"E":
+            raise AiservingError.from_wire(json.loads(reply[1:]))
+        # The result is already JSON text: splice it in rather than parse and re-encode it.
+        text = b'{"status":"success","result":' + reply[1:] + b',"message":"","uuid":"' + \
+            uuid.encode() + b'"}'
+        return Response(text, 200, mimetype="application/json")
+
+    @app.post(f"{PREFIX}/switch")
+    def switch_post():
+        body = _body()
+        args = {k: _opt_str(body, k) for k in ("bid", "btype", "model", "mode", "device")}
+        answer = broker.command("switch", args, uuidlib.uuid4().hex)
+        return _json({"status": "success", "bid": answer["bid"]})
+
+    @app.get(f"{PREFIX}/switch")
+    def switch_get():
+        backend = broker.backend(request.args.get("bid") or None)
+        return _json({**backend["switch"], "bid": backend["bid"]})
+
+    @app.get("/healthz")
+    def healthz():
+        broker.db.ping()
+        return _json({"status": "success"})
+
+    @app.get("/readyz")
+    def readyz():
+        if not broker.node_alive():
+            raise NotReady("the node daemon is not running")
+        running = [b["bid"] for b in broker.backends() if b.get("serving")]
+        if not running:
+            raise NotReady("no model is loaded and running")
+        return _json({"status": "success", "backends": running})
+
+    return app
+
+
+def _json(payload: dict, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status, mimetype="application/json")
+
+
+def _body() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _opt_str(body: dict, key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise BadRequest(f"field {key!r} must be a string")
+    return str(value)
+
+
+def _check_image(path: str) -> None:
+    """Refuse at the door what no bundle could read, before it takes a queue slot."""
+    if not os.path.isabs(path):
+        raise InputError(f"path {path!r} is not absolute")
+    if not os.path.isfile(path):
+        raise InputError(f"no file at {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"file {path} is not readable by the node")
+    try:
+        with Image.open(path) as image:
+            image.format  # the header alone tells; pixels are left to the bundle
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"file {path} is not an image") from None

@@ -1,0 +1,152 @@
+"""One node on one box: redis, the node daemon, its workers and the REST front.
+
+Started in that order and stopped in reverse: the front first (no new
+requests), then the workers (each drains what was queued), then redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import redis
+
+import aiserving
+from aiserving.config import Settings
+from aiserving.errors import AiservingError, ConfigError
+from aiserving.node import Node
+from aiserving.procutil import die_with_parent
+from aiserving.redis_server import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+
+class Appliance:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.redis: EmbeddedRedis | None = None
+        self.node: Node | None = None
+        self.front: subprocess.Popen | None = None
+        self._stop = threading.Event()
+
+    def run(self, on_ready=None) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, stop everything. Returns the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            self.start()
+            if on_ready:
+                on_ready(self)
+            while not self._stop.wait(0.5):
+                if self.front.poll() is not None:
+                    log.error("the REST front exited (code %s); stopping the node",
+                              self.front.returncode)
+                    return 1
+            log.info("stopping")
+            return 0
+        except ConfigError as exc:
+            log.error("%s", exc.message)
+            return 2
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        s = self.settings
+        s.storage.mkdir(parents=True, exist_ok=True)
+        _check_port_free(s["http.host"], s["http.port"])
+        url = s.redis_url
+        if url is None:
+            self.redis = EmbeddedRedis(s.storage / "run").start()
+            url = self.redis.url
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+        except (redis.RedisError, OSError) as exc:
+            raise ConfigError(f"Cannot reach redis at {url} ({exc}): check redis.host and "
+                              "redis.port, or leave redis.host empty for the embedded one.") from None
+        self.node = Node(s, url)
+        self.node.start()
+        self._autoload()
+        self._start_front(url)
+
+    def _autoload(self) -> None:
+        for ref in self.settings["autoload"]:
+            try:
+                bundle = self.node.store.resolve(ref)
+                bid = self.node.switch(btype=bundle.record.backend_type, model=bundle.fullhash)
+            except AiservingError as exc:
+                raise ConfigError(f"Setting 'autoload' names {ref!r}, which cannot be loaded: "
+                                  f"{exc.message}") from None
+            log.info("autoload: backend %s loads %s (%s)", bid, bundle.fullhash, bundle.record.name)
+
+    def _start_front(self, redis_url: str) -> None:
+        s = self.settings
+        values = s.as_dict()
+        values["redis.url"] = redis_url
+        package_root = str(Path(aiserving.__file__).resolve().parent.parent)
+        env = dict(os.environ, AISRV_RESOLVED_SETTINGS=json.dumps(values),
+                   PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        debug = s["log.level"] == "DEBUG"
+        cmd = [sys.executable, "-m", "gunicorn",
+               "--bind", f"{s['http.host']}:{s['http.port']}",
+               "--workers", str(s["http.workers"]), "--worker-class", "gthread",
+               "--threads", str(s["http.threads"]),
+               "--timeout", str(int(s["request.timeout_s"]) + 30), "--graceful-timeout", "10",
+               "--log-level", "debug" if debug else "warning"]
+        if debug:
+            cmd += ["--access-logfile", "-"]
+        cmd.append("aiserving.api.rest:create_app()")
+        self.front = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                      start_new_session=True, preexec_fn=die_with_parent)
+        host = "127.0.0.1" if s["http.host"] in ("0.0.0.0", "", "[::]", "::") else s["http.host"]
+        url = f"http://{host}:{s['http.port']}/healthz"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.front.poll() is not None:
+                raise ConfigError(f"The REST front (gunicorn) exited at start with code "
+                                  f"{self.front.returncode}; see the log above.")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        log.info("REST front listening on http://%s:%s (pid %d)", s["http.host"],
+                                 s["http.port"], self.front.pid)
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise ConfigError(f"The REST front did not answer on {url} within 30 s.")
+
+    def stop(self) -> None:
+        if self.front is not None and self.front.poll() is None:
+            self.front.terminate()
+            try:
+                self.front.wait(15)
+            except subprocess.TimeoutExpired:
+                self.front.kill()
+                self.front.wait()
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(f"Setting 'http.port' is {port}, but {host}:{port} cannot be "
+                              f"bound ({exc.strerror}): use --port or AISRV_HTTP_PORT.") from None

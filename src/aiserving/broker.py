@@ -1,0 +1,188 @@
+"""Everything the node keeps in redis: job streams, results, replies, shared state.
+
+Jobs: one stream per model (`aisrv:jobs:<fullhash>`) read by one consumer
+group, `workers`, so every inference process serving that model -- on this
+box or another box sharing the redis -- takes its share and no job is run
+twice. Finished jobs are acknowledged and deleted, so the stream length is
+the number of jobs waiting or in flight: that is what the queue bound checks.
+
+Results: the post-processing output as JSON text in db 5 under the request
+uuid (legacy clients poll it), with a TTL; a waiting REST request blocks on
+its own reply list in db 5 (`aisrv:reply:<uuid>`), so nothing polls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+import redis
+
+from aiserving.errors import AiservingError, BackendNotFound, NotReady, QueueFull
+
+RESULT_DB = 5
+GROUP = "workers"
+REPLY_TTL_S = 120
+
+_ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+
+def connect(url: str, db: int = 0, **kwargs) -> redis.Redis:
+    return redis.Redis.from_url(url, db=db, **kwargs)
+
+
+def stream_key(fullhash: str) -> str:
+    return f"aisrv:jobs:{fullhash}"
+
+
+def reply_key(uuid: str) -> str:
+    return f"aisrv:reply:{uuid}"
+
+
+class NodeKeys:
+    """Keys of one node's shared state (several nodes may share a redis)."""
+
+    def __init__(self, node: str):
+        prefix = f"aisrv:node:{node}"
+        self.backends = f"{prefix}:backends"  # hash: bid -> backend JSON (written by the node only)
+        self.rest_bid = f"{prefix}:rest_bid"  # the backend legacy REST calls go to
+        self.alive = f"{prefix}:alive"  # heartbeat with a TTL
+        self.commands = f"{prefix}:commands"  # list: commands from the REST front
+
+    @staticmethod
+    def command_reply(cid: str) -> str:
+        return f"aisrv:cmdreply:{cid}"
+
+
+class Broker:
+    """Redis access of the front and the workers (the node adds its own writes)."""
+
+    def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600):
+        # No socket timeout: blocking reads wait as long as asked.
+        self.db = connect(url, 0)
+        self.results = connect(url, RESULT_DB)
+        self.keys = NodeKeys(node)
+        self.queue_max = queue_max
+        self.result_ttl = result_ttl
+        self._enqueue = self.db.register_script(_ENQUEUE)
+
+    # --- front side -------------------------------------------------------------
+
+    def backend(self, bid: str | None) -> dict:
+        """The published state of one backend (or of the REST door's backend)."""
+        if not bid:
+            bid = self.db.get(self.keys.rest_bid)
+            if bid is None:
+                raise NotReady("no model has been switched in on this node: POST "
+                               "/api/v1alpha/switch first")
+        raw = self.db.hget(self.keys.backends, bid)
+        if raw is None:
+            raise BackendNotFound(f"no backend {bid.decode() if isinstance(bid, bytes) else bid}")
+        return json.loads(raw)
+
+    def backends(self) -> list[dict]:
+        return [json.loads(v) for v in self.db.hvals(self.keys.backends)]
+
+    def node_alive(self) -> bool:
+        return bool(self.db.exists(self.keys.alive))
+
+    def enqueue(self, fullhash: str, fields: dict[str, str | bytes | float]) -> str:
+        """Add a job to a model's stream, or raise QueueFull at once when it is full."""
+        args: list = [self.queue_max]
+        for k, v in fields.items():
+            args += [k, v]
+        msg_id = self._enqueue(keys=[stream_key(fullhash)], args=args)
+        if msg_id is None:
+            raise QueueFull(f"the queue of model {fullhash} is full ({self.queue_max} jobs); "
+                            "retry later")
+        return msg_id
+
+    def wait_reply(self, uuid: str, timeout: float) -> bytes | None:
+        """Block until the job's reply arrives; None on timeout. See `encode_reply`."""
+        got = self.results.blpop([reply_key(uuid)], timeout=max(timeout, 0.01))
+        return got[1] if got else None
+
+    def command(self, op: str, args: dict, cid: str, timeout: float = 15.0) -> dict:
+        """Send a command to this node's daemon and wait for its answer."""
+        self.db.rpush(self.keys.commands, json.dumps({"id": cid, "op": op, "args": args}))
+        got = self.db.blpop([NodeKeys.command_reply(cid)], timeout=timeout)
+        if got is None:
+            raise NotReady("the node daemon did not answer; is it running?")
+        answer = json.loads(got[1])
+        if "error" in answer:
+            raise AiservingError.from_wire(answer["error"])
+        return answer
+
+    # --- worker side ------------------------------------------------------------
+
+    def ensure_group(self, fullhash: str) -> None:
+        try:
+            self.db.xgroup_create(stream_key(fullhash), GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, fullhash: str, consumer: str, count: int, block_ms: int | None,
+             pending: bool = False) -> list[tuple[bytes, dict]]:
+        """New jobs (or, with `pending`, this consumer's own unacknowledged ones)."""
+        got = self.db.xreadgroup(GROUP, consumer, {stream_key(fullhash): "0" if pending else ">"},
+                                 count=count, block=None if pending else block_ms)
+        if not got:
+            return []
+        # Entries deleted while pending come back with no fields: nothing left to do for them.
+        return [(mid, f) for mid, f in got[0][1] if f]
+
+    def claim_stale(self, fullhash: str, consumer: str, idle_ms: int, count: int):
+        """Take over jobs another (dead) consumer left unacknowledged for `idle_ms`."""
+        got = self.db.xautoclaim(stream_key(fullhash), GROUP, consumer, idle_ms, "0-0", count=count)
+        return [(mid, f) for mid, f in got[1] if f]
+
+    def deliveries(self, fullhash: str, msg_id: bytes) -> int:
+        rows = self.db.xpending_range(stream_key(fullhash), GROUP, min=msg_id, max=msg_id, count=1)
+        return rows[0]["times_delivered"] if rows else 0
+
+    def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]]) -> None:
+        """Store results and wake waiters, then acknowledge and delete the jobs.
+
+        `done` rows: (message id, uuid, someone waits, legacy db-5 text, reply).
+        Results are written before the acknowledgement: a crash in between makes
+        the job run again, never vanish.
+        """
+        ids = []
+        pipe = self.results.pipeline(transaction=False)
+        for msg_id, uuid, wait, stored, reply in done:
+            ids.append(msg_id)
+            if uuid:
+                pipe.set(uuid, stored, ex=self.result_ttl)
+            if wait:
+                pipe.rpush(reply_key(uuid), reply)
+                pipe.expire(reply_key(uuid), REPLY_TTL_S)
+        pipe.execute()
+        if ids:
+            pipe = self.db.pipeline(transaction=False)
+            pipe.xack(stream_key(fullhash), GROUP, *ids)
+            pipe.xdel(stream_key(fullhash), *ids)
+            pipe.execute()
+
+    def forget_consumer(self, fullhash: str, consumer: str) -> None:
+        self.db.xgroup_delconsumer(stream_key(fullhash), GROUP, consumer)
+
+
+# A reply is one byte of kind, then JSON: b"R" + the result's JSON text, or
+# b"E" + an error's wire dict. The front splices the result text into its
+# response without parsing it again.
+
+def encode_result(result_json: str) -> bytes:
+    return b"R" + result_json.encode("utf-8")
+
+
+def encode_error(error: AiservingError) -> bytes:
+    return b"E" + json.dumps(error.to_wire()).encode("utf-8")
+
+
+def failure_text(error: AiservingError) -> bytes:
+    """What legacy clients find in db 5 for a request that failed."""
+    return json.dumps({"status": "failed", "code": error.code, "message": error.message}).encode()

@@ -1,0 +1,121 @@
+"""The bundle store: JSM bundles under `<storage>/models/<implhash>/<version>/`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiserving.bundle.record import DistroRecord
+from aiserving.errors import BundleError, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+_HASH = re.compile(r"[0-9a-f]{32}")
+_VERSION = re.compile(r"[A-Za-z0-9_.]+")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One model version on disk."""
+
+    path: Path
+    record: DistroRecord
+
+    @property
+    def fullhash(self) -> str:
+        return self.record.fullhash
+
+    def file(self, name: str, required: bool = True) -> Path:
+        path = self.path / name
+        if required and not path.is_file():
+            raise BundleError(f"bundle {self.fullhash}: file '{name}' is missing")
+        return path
+
+
+def _version_key(version: str):
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+class BundleStore:
+    def __init__(self, storage: str | Path):
+        self.root = Path(storage) / "models"
+
+    def load(self, implhash: str, version: str) -> Bundle:
+        """The bundle of one model version, validated."""
+        if not _HASH.fullmatch(implhash) or not _VERSION.fullmatch(version):
+            raise ModelNotFound(f"no model {implhash}/{version}: not a valid implhash/version")
+        path = self.root / implhash / version
+        if not path.is_dir():
+            raise ModelNotFound(f"no model {implhash}/{version} in {self.root}")
+        where = f"{implhash}/{version}/distros.json"
+        try:
+            data = json.loads((path / "distros.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BundleError(f"{where}: file is missing") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{where}: not valid JSON ({exc})") from None
+        record = DistroRecord.from_dict(data, where)
+        if record.implhash != implhash or record.version != version:
+            raise BundleError(f"{where}: records {record.implhash}/{record.version} but is "
+                              f"stored as {implhash}/{version}")
+        bundle = Bundle(path, record)
+        bundle.file("pre_dataprocess.py")
+        bundle.file("post_dataprocess.py")
+        return bundle
+
+    def versions(self, implhash: str) -> list[str]:
+        folder = self.root / implhash
+        if not _HASH.fullmatch(implhash) or not folder.is_dir():
+            return []
+        return sorted((p.name for p in folder.iterdir() if p.is_dir()), key=_version_key)
+
+    def all(self) -> list[Bundle]:
+        """Every valid bundle; malformed ones are logged and left out."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for implhash in sorted(p.name for p in self.root.iterdir()):
+            for version in self.versions(implhash):
+                try:
+                    out.append(self.load(implhash, version))
+                except BundleError as exc:
+                    log.warning("skipping malformed bundle: %s", exc.message)
+        return out
+
+    def resolve(self, ref: str) -> Bundle:
+        """Find a model by fullhash, `implhash/version`, implhash (newest version) or name."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise ModelNotFound("no model given")
+        for sep in ("/", "-"):
+            head, _, tail = ref.partition(sep)
+            if tail and _HASH.fullmatch(head):
+                return self.load(head, tail)
+        if _HASH.fullmatch(ref):
+            versions = self.versions(ref)
+            if not versions:
+                raise ModelNotFound(f"no model {ref} in {self.root}")
+            return self.load(ref, versions[-1])
+        named = [b for b in self.all() if b.record.name == ref]
+        if not named:
+            raise ModelNotFound(f"no model named {ref!r} in {self.root}")
+        if len({b.record.implhash for b in named}) > 1:
+            raise ModelNotFound(f"model name {ref!r} is ambiguous: give its implhash "
+                                f"({', '.join(sorted({b.record.implhash for b in named}))})")
+        return max(named, key=lambda b: _version_key(b.record.version))
+
+    def write(self, record: DistroRecord, files: dict[str, bytes | str]) -> Bundle:
+        """Store a new bundle version (used by the demo and the bundle tools)."""
+        path = self.root / record.implhash / record.version
+        if path.exists():
+            raise BundleError(f"model {record.implhash}/{record.version} already exists")
+        path.mkdir(parents=True)
+        for name, content in files.items():
+            mode = "w" if isinstance(content, str) else "wb"
+            with open(path / name, mode) as fh:
+                fh.write(content)
+        (path / "distros.json").write_text(json.dumps(record.to_dict(), indent=2), encoding="utf-8")
+        return self.load(record.implhash, record.version)

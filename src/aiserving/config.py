@@ -1,0 +1,252 @@
+"""Settings: built-in defaults < settings.py < environment (AISRV_*).
+
+`settings.py` is the legacy format: a Python file defining a dict named
+`settings`. Every key can be overridden by an environment variable named
+`AISRV_` + the key upper-cased with dots as underscores (`redis.host` ->
+`AISRV_REDIS_HOST`). A value that cannot be used stops the start with one
+sentence naming the setting (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from aiserving.errors import ConfigError
+
+
+class Setting(NamedTuple):
+    key: str
+    default: Any
+    kind: str  # str | int | float | bool | list
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint or None
+
+
+def _port(v):
+    return None if 0 <= v <= 65535 else "must be a TCP port between 0 and 65535"
+
+
+def _positive(v):
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must not be negative"
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def _torch_device(v):
+    return None if re.fullmatch(r"cpu|cuda(:\d+)?", v) else "must be 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _log_level(v):
+    return _one_of("DEBUG", "INFO", "WARNING", "ERROR")(v.upper())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- legacy keys (contract, section 4) ---
+    Setting("storage", "storage", "str",
+            "Folder holding the JSM bundles (`<storage>/models/<implhash>/<version>/`) and the "
+            "node's private files. A relative path is taken from the settings file's folder."),
+    Setting("preheat", "", "str",
+            "Image used to warm a model up after loading. Empty: a built-in grey 224x224 JPEG."),
+    Setting("redis.host", "", "str",
+            "Redis host. Empty (and no `redis.url`): the node starts an embedded redis of its "
+            "own on a unix socket under `<storage>/run/`."),
+    Setting("redis.port", "6379", "str", "Redis port, used with `redis.host`.",
+            lambda v: None if v.isdigit() and 0 < int(v) < 65536 else "must be a TCP port number"),
+    Setting("be.tfsrv.host", "127.0.0.1", "str", "TensorFlow Serving host (tensorflow-serving backend)."),
+    Setting("be.tfsrv.adapter", "restful", "str", "How to reach TensorFlow Serving.",
+            _one_of("restful", "grpc")),
+    Setting("be.tfsrv.grpc_port", 8500, "int", "TensorFlow Serving gRPC port.", _port),
+    Setting("be.tfsrv.rest_port", 8501, "int", "TensorFlow Serving REST port.", _port),
+    Setting("be.trpy.mixed_mode", False, "bool",
+            "PyTorch structureSplit: load only the parameters whose names and shapes match "
+            "the structure, warn for the rest (legacy value \"1\")."),
+    Setting("be.trpy.device", "cpu", "str",
+            "PyTorch device: `cpu`, `cuda` or `cuda:N`; falls back to cpu with a warning "
+            "when CUDA is absent.", _torch_device),
+    Setting("be.rknnpy.target", "rk3399pro", "str", "Rockchip NPU target of the rknn backend."),
+    # --- new keys ---
+    Setting("http.host", "127.0.0.1", "str",
+            "Address the REST front binds to (legacy settings key `port` sets `http.port`)."),
+    Setting("http.port", 8080, "int", "REST port (`--port` overrides).",
+            lambda v: None if 0 < v < 65536 else "must be a TCP port between 1 and 65535"),
+    Setting("http.workers", 2, "int", "gunicorn worker processes of the REST front.", _positive),
+    Setting("http.threads", 32, "int",
+            "Threads per REST worker; each blocking `/detect` holds one while it waits.", _positive),
+    Setting("grpc.address", "[::]:50051", "str", "gRPC listen address."),
+    Setting("node.name", "", "str",
+            "Name of this node in a shared redis. Empty: the host name. Two nodes sharing "
+            "one redis need different names."),
+    Setting("batch.size", 8, "int",
+            "Default backend batch size (most jobs one framework call takes).",
+            lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
+    Setting("batch.max_delay_ms", 5.0, "float",
+            "Longest time a worker waits for a batch to fill once it holds a job; a lone "
+            "request is never held longer.", _non_negative),
+    Setting("backend.inferprocnum", 1, "int", "Default inference processes per backend.",
+            lambda v: None if 1 <= v <= 2 else "must be 1 or 2"),
+    Setting("backend.max_count", 8, "int", "Most backends one node runs.", _positive),
+    Setting("queue.max_len", 1000, "int",
+            "Most jobs waiting or in flight per model; past it requests get 503 at once.", _positive),
+    Setting("request.timeout_s", 60.0, "float",
+            "Longest a blocking `/detect` waits for its result.", _positive),
+    Setting("result.ttl_s", 3600, "int",
+            "Seconds a result stays in redis db 5 under its uuid.", _positive),
+    Setting("worker.claim_idle_ms", 30000, "int",
+            "A job unacknowledged this long by a worker that is gone is taken over by a "
+            "live one (XAUTOCLAIM).", _positive),
+    Setting("worker.max_deliveries", 3, "int",
+            "A job delivered this many times without finishing (it keeps killing its "
+            "worker) is failed instead of retried.", _positive),
+    Setting("worker.restart_limit", 5, "int",
+            "Restarts of one inference process within 60 s before its backend is marked "
+            "failed.", _positive),
+    Setting("autoload", [], "list",
+            "Models loaded on start, each a fullhash, `implhash/version`, implhash or "
+            "distros `name` (env: comma-separated)."),
+    Setting("log.level", "INFO", "str", "Log level (`--debug` sets DEBUG).", _log_level),
+    Setting("profile", False, "bool",
+            "Log per-stage timings (queue wait, pre, infer, post) for every batch (`--profile`)."),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_ALIASES = {"port": "http.port"}  # legacy settings.py keys
+
+
+def env_name(key: str) -> str:
+    return "AISRV_" + key.upper().replace(".", "_")
+
+
+def _convert(setting: Setting, raw: Any) -> Any:
+    kind = setting.kind
+    if kind == "str":
+        return str(raw)
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise ValueError
+        return int(str(raw).strip())
+    if kind == "float":
+        return float(str(raw).strip())
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError
+    if kind == "list":
+        if isinstance(raw, (list, tuple)):
+            return [str(x) for x in raw]
+        text = str(raw).strip()
+        if text.startswith("["):
+            return [str(x) for x in json.loads(text)]
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise AssertionError(kind)
+
+
+class Settings:
+    """Validated settings of one node. Read values with `settings["redis.host"]`."""
+
+    def __init__(self, values: dict[str, Any], source: Path | None = None):
+        self._values = values
+        self.source = source
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def storage(self) -> Path:
+        return Path(self._values["storage"])
+
+    @property
+    def redis_url(self) -> str | None:
+        """The configured external redis, or None for the embedded one."""
+        if self._values.get("redis.url"):
+            return self._values["redis.url"]
+        if self._values["redis.host"]:
+            return f"redis://{self._values['redis.host']}:{self._values['redis.port']}"
+        return None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None,
+             environ: dict | None = None) -> "Settings":
+        """Defaults, then the settings file, then AISRV_* variables, then `overrides`.
+
+        `path` None: `AISRV_SETTINGS`, else no file (defaults and environment only).
+        """
+        environ = os.environ if environ is None else environ
+        path = path or environ.get("AISRV_SETTINGS") or None
+        raw: dict[str, tuple[Any, str]] = {}
+        base = Path.cwd()
+        if path:
+            path = Path(path).resolve()
+            base = path.parent
+            for key, value in _read_file(path).items():
+                key = _ALIASES.get(key, key)
+                if key not in _BY_KEY:
+                    raise ConfigError(f"{path} has unknown setting '{key}'.")
+                raw[key] = (value, f"'{key}' in {path.name}")
+        for setting in SETTINGS:
+            name = env_name(setting.key)
+            if name in environ:
+                raw[setting.key] = (environ[name], name)
+        for key, value in (overrides or {}).items():
+            raw[key] = (value, f"'{key}'")
+
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value, where = raw.get(setting.key, (setting.default, f"default of '{setting.key}'"))
+            try:
+                value = _convert(setting, value)
+            except (ValueError, TypeError, json.JSONDecodeError):
+                raise ConfigError(f"Setting {where} is {value!r}, which is not a valid {setting.kind}.") from None
+            complaint = setting.check(value) if setting.check else None
+            if complaint:
+                raise ConfigError(f"Setting {where} is {value!r}: it {complaint}.")
+            values[setting.key] = value
+        values["log.level"] = values["log.level"].upper()
+        values["storage"] = str((base / values["storage"]).resolve())
+        if values["preheat"]:
+            values["preheat"] = str((base / values["preheat"]).resolve())
+        # Resolved by the node for its children (embedded redis socket); not a user setting.
+        values["redis.url"] = environ.get("AISRV_REDIS_URL", "")
+        return cls(values, path)
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"Settings file {path} does not exist.")
+    try:
+        module = runpy.run_path(str(path))
+    except Exception as exc:  # the file is user code: any failure is a config error
+        raise ConfigError(f"Settings file {path} cannot be read: {type(exc).__name__}: {exc}.") from None
+    data = module.get("settings", module.get("SETTINGS"))
+    if not isinstance(data, dict):
+        raise ConfigError(f"Settings file {path} must define a dict named 'settings'.")
+    return data
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from SETTINGS so it cannot drift."""
+    rows = ["| key | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = json.dumps(s.default) if not isinstance(s.default, str) else f'"{s.default}"'
+        rows.append(f"| `{s.key}` | `{env_name(s.key)}` | `{default}` | {s.doc} |")
+    return "\n".join(rows)

@@ -1,0 +1,128 @@
+"""One error hierarchy for the whole node.
+
+Every error a caller can see is an `AiservingError`: it carries the legacy
+`ResultReply.code` of the contract and an HTTP status. The REST front maps it
+to a response in exactly one place (`api/rest.py`), the gRPC front in one
+other. Errors cross process boundaries (worker -> redis -> front) as the small
+dict made by `to_wire`, never as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class AiservingError(Exception):
+    """Root of every error the node reports to a caller."""
+
+    code = 1  # legacy ResultReply.code: runtime error
+    http_status = 500
+
+    def __init__(self, message: str, *, code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_wire(self) -> dict:
+        return {"kind": type(self).__name__, "code": self.code, "message": self.message}
+
+    @staticmethod
+    def from_wire(wire: dict) -> "AiservingError":
+        cls = _BY_NAME.get(wire.get("kind", ""), AiservingError)
+        return cls(str(wire.get("message", "unknown error")), code=wire.get("code"))
+
+
+class ConfigError(AiservingError):
+    """A setting has a value the node cannot start with."""
+
+
+class BundleError(AiservingError):
+    """A JSM bundle on disk is malformed (bad distros.json, missing file, ...)."""
+
+    code = 104
+    http_status = 422
+
+
+class ModelNotFound(AiservingError):
+    code = 104
+    http_status = 404
+
+
+class BackendNotFound(AiservingError):
+    code = 109
+    http_status = 404
+
+
+class UnsupportedBackend(AiservingError):
+    """The backend type is unknown, or its framework does not import here."""
+
+    code = 106
+    http_status = 400
+
+
+class BackendLimit(AiservingError):
+    """Backend settings out of limits (batchsize, inferprocnum)."""
+
+    code = 100
+    http_status = 400
+
+
+class TooManyBackends(AiservingError):
+    code = 101
+    http_status = 409
+
+
+class BadRequest(AiservingError):
+    """The request itself is malformed (body, missing field)."""
+
+    code = 110
+    http_status = 400
+
+
+class InputError(AiservingError):
+    """The input of an inference cannot be used (missing file, not an image)."""
+
+    code = 110
+    http_status = 400
+
+
+class ProcessingError(AiservingError):
+    """The bundle's pre- or post-processing failed on this input."""
+
+    code = 1
+    http_status = 422
+
+
+class InferenceError(AiservingError):
+    """The framework failed to run the batch."""
+
+    code = 1
+    http_status = 500
+
+
+class NotReady(AiservingError):
+    """No model is loaded and running where the request was sent."""
+
+    code = 109
+    http_status = 503
+
+
+class QueueFull(AiservingError):
+    """The model's bounded queue is full: retry later."""
+
+    code = 1
+    http_status = 503
+
+
+class RequestTimeout(AiservingError):
+    code = 1
+    http_status = 504
+
+
+_BY_NAME = {
+    cls.__name__: cls
+    for cls in (
+        AiservingError, ConfigError, BundleError, ModelNotFound, BackendNotFound,
+        UnsupportedBackend, BackendLimit, TooManyBackends, BadRequest, InputError,
+        ProcessingError, InferenceError, NotReady, QueueFull, RequestTimeout,
+    )
+}

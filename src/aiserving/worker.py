@@ -1,0 +1,221 @@
+"""The inference process: load once, then loop read batch -> pre -> infer -> post -> write.
+
+Started by the node with the `spawn` method (never forked after a framework
+was imported). It reports its status to the node over its own pipe and knows
+nothing of any framework: the backend registry gives it one.
+
+Jobs it held when it died stay pending in the stream: its restarted successor
+(same consumer name) reads them first, and any live worker takes over jobs
+left idle longer than `worker.claim_idle_ms` (XAUTOCLAIM). A job that keeps
+killing its worker is failed after `worker.max_deliveries` deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from aiserving import broker as brk
+from aiserving.backends import create_backend
+from aiserving.bundle.store import BundleStore
+from aiserving.bundle.vendor import VendorCode
+from aiserving.errors import AiservingError, InferenceError, ProcessingError
+from aiserving.logs import setup_logging
+from aiserving.pipeline import Item, Pipeline, to_json
+from aiserving.procutil import die_with_parent
+from aiserving.status import ProcStatus
+
+log = logging.getLogger("aiserving.worker")
+
+EXIT_LOAD_FAILED = 3  # the model cannot load: restarting would not help
+_BLOCK_MS = 500  # longest blocking read, so a stop request is seen quickly
+
+
+def worker_main(spec: dict, conn, stop_event) -> None:
+    """Entry point of a spawned inference process."""
+    # The node decides when workers stop (Ctrl-C and group-wide SIGTERM reach us too);
+    # if the node itself dies, so do we -- pending jobs survive in the stream.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+    setup_logging(spec["settings"]["log.level"], f"worker {spec['consumer']}")
+    Worker(spec, conn, stop_event).run()
+
+
+class Worker:
+    def __init__(self, spec: dict, conn, stop_event):
+        self.spec = spec
+        self.settings = spec["settings"]
+        self.conn = conn
+        self.stop_event = stop_event
+        self.consumer = spec["consumer"]
+        self.fullhash = f"{spec['implhash']}-{spec['version']}"
+        self.batchsize = int(spec["batchsize"])
+        self.max_delay = float(self.settings["batch.max_delay_ms"]) / 1000.0
+        self.profile = bool(self.settings["profile"])
+        self.broker = brk.Broker(spec["redis_url"], spec["node"],
+                                 result_ttl=int(self.settings["result.ttl_s"]))
+        self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
+
+    def report(self, status: ProcStatus, msg: str = "") -> None:
+        try:
+            self.conn.send({"status": int(status), "msg": msg, "pid": os.getpid()})
+        except (BrokenPipeError, OSError):
+            pass  # the node is gone; the parent-death signal ends us
+
+    def run(self) -> None:
+        self.report(ProcStatus.LOADING)
+        try:
+            pipeline = self._load()
+        except AiservingError as exc:
+            log.error("cannot load %s: %s", self.fullhash, exc.message)
+            self.report(ProcStatus.ERROR, exc.message)
+            os._exit(EXIT_LOAD_FAILED)
+        except Exception as exc:  # a framework failing in an unforeseen way
+            log.exception("cannot load %s", self.fullhash)
+            self.report(ProcStatus.ERROR, f"loading failed: {type(exc).__name__}: {exc}")
+            os._exit(EXIT_LOAD_FAILED)
+        self.report(ProcStatus.PREHEATING)
+        status, msg = self._preheat(pipeline)
+        if status != ProcStatus.RUNNING:
+            log.error("preheat of %s failed: %s", self.fullhash, msg)
+            self.report(status, msg)
+            os._exit(EXIT_LOAD_FAILED)
+        self.report(ProcStatus.RUNNING)
+        log.info("serving %s on %s, batch size %d", self.fullhash, pipeline.backend.device,
+                 self.batchsize)
+        self.serve(pipeline)
+        pipeline.backend.unload()
+        self.report(ProcStatus.EXITED)
+
+    def _load(self) -> Pipeline:
+        bundle = BundleStore(self.settings["storage"]).load(self.spec["implhash"], self.spec["version"])
+        vendor = VendorCode.load(bundle)
+        backend = create_backend(bundle.record.backend_type, self.settings)
+        backend.load(bundle, self.spec.get("device") or None)
+        return Pipeline(bundle, vendor, backend)
+
+    def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:
+        item = Item({"uuid": "preheat", "path": self.spec["preheat"]})
+        pipeline.run([item])
+        if item.error is None:
+            return ProcStatus.RUNNING, ""
+        if isinstance(item.cause, IndexError) and "post-processing" in item.error.message:
+            # The usual symptom of a labels list shorter than the model's classes.
+            return ProcStatus.LABEL_ERROR, f"labels do not fit the model's output: {item.error.message}"
+        return ProcStatus.ERROR, f"preheat failed: {item.error.message}"
+
+    # --- the serving loop ---------------------------------------------------------
+
+    def serve(self, pipeline: Pipeline) -> None:
+        b = self.broker
+        b.ensure_group(self.fullhash)
+        claim_every = self.settings["worker.claim_idle_ms"] / 2000.0
+        own_pending = True  # a restarted worker first finishes what its predecessor held
+        next_claim = 0.0
+        while True:
+            stopping = self.stop_event.is_set()
+            jobs, redelivered = [], False
+            if own_pending:
+                jobs = b.read(self.fullhash, self.consumer, self.batchsize, None, pending=True)
+                own_pending = bool(jobs)
+                redelivered = bool(jobs)
+            if not jobs and time.monotonic() >= next_claim:
+                next_claim = time.monotonic() + claim_every
+                jobs = b.claim_stale(self.fullhash, self.consumer,
+                                     self.settings["worker.claim_idle_ms"], self.batchsize)
+                redelivered = bool(jobs)
+            if not jobs:
+                # While stopping, drain what is queued without waiting for more.
+                jobs = b.read(self.fullhash, self.consumer, self.batchsize,
+                              None if stopping else _BLOCK_MS)
+                if jobs and not stopping:
+                    jobs += self._fill(len(jobs))
+            if not jobs:
+                if stopping:
+                    break
+                continue
+            self._process(pipeline, jobs, redelivered)
+        try:
+            b.forget_consumer(self.fullhash, self.consumer)
+        except Exception:  # nothing pending is lost either way; this is tidying only
+            pass
+
+    def _fill(self, have: int) -> list:
+        """More jobs for the batch, waiting at most max_batch_delay for them."""
+        more: list = []
+        deadline = time.monotonic() + self.max_delay
+        while have + len(more) < self.batchsize:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                break
+            more += self.broker.read(self.fullhash, self.consumer,
+                                     self.batchsize - have - len(more), left_ms)
+        return more
+
+    def _process(self, pipeline: Pipeline, jobs: list, redelivered: bool) -> None:
+        t_start = time.time()
+        items, rows, temp_files = [], [], []
+        poisoned = []
+        for msg_id, fields in jobs:
+            job = {k.decode(): v for k, v in fields.items()}
+            uuid = job.get("uuid", b"").decode()
+            if redelivered and self.broker.deliveries(self.fullhash, msg_id) > self.settings["worker.max_deliveries"]:
+                poisoned.append((msg_id, job, InferenceError(
+                    "this request stopped the inference process several times and was given up")))
+                continue
+            infer_data = {"uuid": uuid, "path": job.get("path", b"").decode()}
+            if job.get("image"):
+                infer_data["path"] = self._temp_image(job["image"], job.get("type", b"").decode())
+                temp_files.append(infer_data["path"])
+            item = Item(infer_data)
+            items.append((msg_id, job, item))
+        try:
+            timings = pipeline.run([it for _, _, it in items])
+        finally:
+            for path in temp_files:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        for msg_id, job, item in items:
+            rows.append(self._row(msg_id, job, item))
+        for msg_id, job, error in poisoned:
+            rows.append(self._error_row(msg_id, job, error))
+        self.broker.finish(self.fullhash, rows)
+        if self.profile:
+            waits = [t_start - float(job.get("t", t_start)) for _, job, _ in items] or [0.0]
+            log.info("batch of %d (%d failed): queue wait avg %.1f ms max %.1f ms | pre %.1f ms | "
+                     "infer %.1f ms | post %.1f ms", timings.items, timings.failed,
+                     1000 * sum(waits) / len(waits), 1000 * max(waits), 1000 * timings.pre,
+                     1000 * timings.infer, 1000 * timings.post)
+
+    def _row(self, msg_id, job: dict, item: Item):
+        if item.error is None:
+            try:
+                text = to_json(item.result)
+            except (TypeError, ValueError) as exc:
+                item.error = ProcessingError(f"post-processing returned a result that is not "
+                                             f"JSON: {exc}")
+            else:
+                return (msg_id, item.uuid, job.get("reply") == b"1", text.encode("utf-8"),
+                        brk.encode_result(text))
+        return self._error_row(msg_id, job, item.error)
+
+    @staticmethod
+    def _error_row(msg_id, job: dict, error: AiservingError):
+        return (msg_id, job.get("uuid", b"").decode(), job.get("reply") == b"1",
+                brk.failure_text(error), brk.encode_error(error))
+
+    def _temp_image(self, data: bytes, kind: str) -> str:
+        # A private folder and a name of our choosing: never a path built from user input.
+        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        suffix = "." + kind if kind.isalnum() and len(kind) <= 8 else ""
+        fd, path = tempfile.mkstemp(suffix=suffix, dir=self.tmp_dir)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return path
