@@ -139,7 +139,13 @@ class Worker:
                 if stopping:
                     break
                 continue
-            self._process(pipeline, jobs, redelivered)
+            if redelivered:
+                # One at a time: if one of them is what killed the last worker, only it
+                # collects deliveries towards being given up.
+                for job in jobs:
+                    self._process(pipeline, [job], True)
+            else:
+                self._process(pipeline, jobs, False)
         try:
             b.forget_consumer(self.fullhash, self.consumer)
         except Exception:  # nothing pending is lost either way; this is tidying only

@@ -1,7 +1,7 @@
 """Loading a bundle's vendor code, isolated from every other bundle.
 
 Each bundle's files are imported under a private package name
-(`aisrv_bundle_<implhash>_<version>`), so two bundles that both ship
+(`aisrv_bundle_<implhash>_<version>_<folder hash>`), so two bundles that both ship
 `pre_dataprocess.py` -- or both ship a helper `utils.py` that their code
 imports with a plain `import utils` -- never share a `sys.modules` entry.
 Plain sibling imports are served from the bundle folder while the vendor
@@ -10,6 +10,7 @@ module executes and are then taken out of `sys.modules` again.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import re
@@ -27,7 +28,9 @@ _import_lock = threading.Lock()  # sys.path / sys.modules juggling is process-wi
 
 
 def namespace_of(bundle: Bundle) -> str:
-    return "aisrv_bundle_" + re.sub(r"\W", "_", bundle.fullhash)
+    # The folder is part of the name: the same fullhash in two stores is two bundles.
+    where = hashlib.md5(str(bundle.path.resolve()).encode()).hexdigest()[:8]
+    return "aisrv_bundle_" + re.sub(r"\W", "_", bundle.fullhash) + "_" + where
 
 
 def load_module(bundle: Bundle, filename: str) -> types.ModuleType:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Make .venv in the checkout with the pinned requirements of this target (x86 CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q -r requirements/x86-cpu.txt -r requirements/base.txt ${EXTRA_REQUIREMENTS:-}
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .

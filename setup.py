@@ -1,0 +1,13 @@
+"""Package metadata; `pip install -e .` gives the `aiserving` command."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="aiserving-onboard",
+    version="1.0.0",
+    description="AIServing OnBoard: an edge inference appliance for JSM bundles",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.9",
+    entry_points={"console_scripts": ["aiserving=aiserving.cli:main"]},
+)

@@ -1,0 +1,32 @@
+"""Many requests at once: batches form, and every caller gets its own result."""
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tests.support.bundles import reference, write_bundle, write_image
+
+
+def test_fifty_concurrent_requests_get_their_own_results(storage, tmp_path, start_node):
+    bundle = write_bundle(storage, name="tiny", seed=4)
+    images = [write_image(tmp_path / f"img{n}.png", seed=100 + n) for n in range(50)]
+    node = start_node(storage, args=["--profile"],
+                      env={"AISRV_BATCH_SIZE": "8", "AISRV_BATCH_MAX_DELAY_MS": "20"})
+    node.switch(btype="pytorch", model="tiny")
+    node.wait_switch()
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(node.detect, images))
+    uuids = set()
+    for path, answer in zip(images, answers):
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["result"]
+        assert result["path"] == str(path)
+        np.testing.assert_allclose(result["scores"], reference(bundle, path), rtol=1e-4, atol=1e-5)
+        uuids.add(answer.json()["uuid"])
+    assert len(uuids) == 50
+    sizes = [int(n) for n in re.findall(r"batch of (\d+)", node.log())]
+    assert sum(sizes) >= 50  # every request (plus the preheat) went through a logged batch
+    assert max(sizes) > 1, "requests were never batched"
+    assert max(sizes) <= 8
+    assert re.search(r"queue wait avg [\d.]+ ms .* pre [\d.]+ ms \| infer [\d.]+ ms \| post", node.log())

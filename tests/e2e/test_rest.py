@@ -1,0 +1,97 @@
+"""The legacy REST API end to end: node as a subprocess, real redis, real torch, real HTTP."""
+
+import numpy as np
+import pytest
+
+from tests.support.bundles import reference, write_bundle, write_image
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One node with two models, shared by the tests of this module (in order)."""
+    from tests.support.node import NodeProcess
+
+    root = tmp_path_factory.mktemp("rest")
+    storage = root / "storage"
+    alpha = write_bundle(storage, name="alpha", labels=["cat", "dog", "bird"], seed=1)
+    beta = write_bundle(storage, name="beta", labels=["red", "green"], seed=2,
+                        mode="structureEmbed")
+    images = [write_image(root / f"img{n}.png", seed=n) for n in range(4)]
+    node = NodeProcess(storage).start()
+    yield {"node": node, "alpha": alpha, "beta": beta, "images": images, "root": root}
+    node.stop()
+
+
+def test_nothing_is_ready_before_a_switch(world):
+    node = world["node"]
+    assert node.get("/healthz").status_code == 200
+    ready = node.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "failed"
+    answer = node.detect(world["images"][0])
+    assert answer.status_code == 503
+    assert "switch" in answer.json()["message"]
+
+
+def test_switch_walks_through_loading_to_loaded(world):
+    node = world["node"]
+    response = node.post("/api/v1alpha/switch",
+                         {"btype": "pytorch", "model": "alpha", "mode": "structureSplit"})
+    assert response.json() == {"status": "success", "bid": "0"}
+    seen = node.wait_switch()
+    assert seen[0]["status"] in ("loading", "preheating")  # it returned before loading was done
+    assert seen[-1] == {"model": "alpha", "status": "loaded", "error": "", "bid": "0"}
+    assert node.get("/readyz").status_code == 200
+
+
+def test_detect_returns_the_bundles_post_processing_output(world):
+    node, alpha = world["node"], world["alpha"]
+    for path in world["images"]:
+        answer = node.detect(path)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == "success" and body["message"] == ""
+        assert body["result"]["path"] == str(path)
+        np.testing.assert_allclose(body["result"]["scores"], reference(alpha, path), rtol=1e-4, atol=1e-5)
+        assert body["result"]["label"] in alpha.record.labels
+
+
+def test_results_are_kept_in_redis_db5_under_the_uuid(world):
+    import json
+
+    import redis
+
+    node = world["node"]
+    body = node.detect(world["images"][0]).json()
+    db5 = redis.Redis(unix_socket_path=str(node.storage / "run" / "redis.sock"), db=5)
+    assert json.loads(db5.get(body["uuid"])) == body["result"]
+    assert db5.ttl(body["uuid"]) > 0
+
+
+def test_a_second_model_switched_in_replaces_the_first(world):
+    node, beta = world["node"], world["beta"]
+    assert node.switch(bid="0", model="beta") == "0"
+    seen = node.wait_switch(bid="0")
+    assert seen[-1]["model"] == "beta"
+    path = world["images"][1]
+    body = node.detect(path).json()
+    assert body["result"]["label"] in ("red", "green")
+    np.testing.assert_allclose(body["result"]["scores"], reference(beta, path), rtol=1e-4, atol=1e-5)
+    # the old model's process drains and exits
+    import time
+
+    deadline = time.monotonic() + 30
+    while len(node.worker_pids()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(node.worker_pids()) == 1
+
+
+def test_a_failed_load_keeps_the_previous_model_serving(world):
+    node, root = world["node"], world["root"]
+    broken = write_bundle(node.storage, name="broken", labels=["x", "y"], seed=5)
+    (broken.path / "param.pth").write_bytes(b"garbage")
+    node.switch(bid="0", model="broken")
+    seen = node.wait_switch(bid="0", until=("failed",))
+    assert seen[-1]["model"] == "broken"
+    assert "param.pth" in seen[-1]["error"]
+    body = node.detect(world["images"][2]).json()
+    assert body["status"] == "success" and body["result"]["label"] in ("red", "green")

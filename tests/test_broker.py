@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import redis
+
+from aiserving import broker as brk
+from aiserving.errors import ConfigError, QueueFull
+from aiserving.redis_server import EmbeddedRedis
+
+
+def test_queue_is_bounded_and_refuses_at_once(redis_url):
+    b = brk.Broker(redis_url, "n1", queue_max=3)
+    for n in range(3):
+        b.enqueue("m-1", {"uuid": str(n), "path": "/x"})
+    with pytest.raises(QueueFull) as err:
+        b.enqueue("m-1", {"uuid": "3", "path": "/x"})
+    assert err.value.http_status == 503
+    assert b.db.xlen(brk.stream_key("m-1")) == 3
+
+
+def test_finished_jobs_free_their_queue_slot_and_store_results(redis_url):
+    b = brk.Broker(redis_url, "n1", queue_max=2, result_ttl=100)
+    b.ensure_group("m-1")
+    b.enqueue("m-1", {"uuid": "u1", "path": "/a", "reply": "1"})
+    b.enqueue("m-1", {"uuid": "u2", "path": "/b", "reply": "0"})
+    jobs = b.read("m-1", "c1", 10, 100)
+    assert [f[b"uuid"] for _, f in jobs] == [b"u1", b"u2"]
+    b.finish("m-1", [(jobs[0][0], "u1", True, b'{"a":1}', brk.encode_result('{"a":1}')),
+                     (jobs[1][0], "u2", False, b'{"b":2}', brk.encode_result('{"b":2}'))])
+    assert b.db.xlen(brk.stream_key("m-1")) == 0
+    results = redis.Redis.from_url(redis_url, db=5)
+    assert json.loads(results.get("u1")) == {"a": 1}
+    assert 0 < results.ttl("u1") <= 100
+    assert b.wait_reply("u1", 1) == b'R{"a":1}'
+    assert b.wait_reply("u2", 0.1) is None  # nobody waits on u2: no reply list
+
+
+def test_jobs_of_a_dead_consumer_are_claimed(redis_url):
+    b = brk.Broker(redis_url, "n1")
+    b.ensure_group("m-1")
+    b.enqueue("m-1", {"uuid": "u1", "path": "/a"})
+    (msg_id, _), = b.read("m-1", "dead", 10, 100)
+    assert b.claim_stale("m-1", "alive", idle_ms=60_000, count=10) == []
+    claimed = b.claim_stale("m-1", "alive", idle_ms=0, count=10)
+    assert [m for m, _ in claimed] == [msg_id]
+    assert b.deliveries("m-1", msg_id) == 2
+
+
+def test_a_second_node_on_the_same_storage_is_refused(tmp_path):
+    first = EmbeddedRedis(tmp_path / "run").start()
+    try:
+        with pytest.raises(ConfigError, match="in use"):
+            EmbeddedRedis(tmp_path / "run").start()
+    finally:
+        first.stop()
+    assert first.process.poll() is not None
