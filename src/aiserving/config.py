@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preheat", "", "str",
             "Image used to warm a model up after loading. Empty: a built-in grey 224x224 JPEG."),
     Setting("redis.host", "", "str",
-            "Redis host. Empty (and no `redis.url`): the node starts an embedded redis of its "
+            "Redis host. Empty: the node starts an embedded redis of its "
             "own on a unix socket under `<storage>/run/`."),
     Setting("redis.port", "6379", "str", "Redis port, used with `redis.host`.",
             lambda v: None if v.isdigit() and 0 < int(v) < 65536 else "must be a TCP port number"),
