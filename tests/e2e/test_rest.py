@@ -85,6 +85,30 @@ def test_a_second_model_switched_in_replaces_the_first(world):
     assert len(node.worker_pids()) == 1
 
 
+def test_labels_that_do_not_fit_the_output_are_a_label_error(world):
+    import json
+
+    import redis
+
+    from tests.support.bundles import MODEL_PY
+
+    node = world["node"]
+    # A 3-class network shipped with 2 labels: its post-processing runs off the labels' end.
+    post = ("def post_dataprocess(f):\n"
+            "    return {'named': [f['labels'][i] for i in range(len(f['infers'][0]))]}\n")
+    source = write_bundle(node.storage, name="src3", labels=["a", "b", "c"], seed=6)
+    short = write_bundle(node.storage, name="short", labels=["a", "b"], seed=6, post=post,
+                         extra={"model.py": MODEL_PY.format(classes=3, channels=3),
+                                "param.pth": (source.path / "param.pth").read_bytes()})
+    bid = node.switch(btype="pytorch", model="short")
+    seen = node.wait_switch(bid=bid, until=("failed",))
+    assert "labels do not fit" in seen[-1]["error"]
+    db = redis.Redis(unix_socket_path=str(node.storage / "run" / "redis.sock"))
+    record = json.loads(db.hget(f"aisrv:node:test{node.port}:backends", bid))
+    assert record["status"]["0"] == 7 and record["status"]["state"] == 9
+    assert short.record.name == record["model"]["name"]
+
+
 def test_a_failed_load_keeps_the_previous_model_serving(world):
     node, root = world["node"], world["root"]
     broken = write_bundle(node.storage, name="broken", labels=["x", "y"], seed=5)
@@ -93,5 +117,5 @@ def test_a_failed_load_keeps_the_previous_model_serving(world):
     seen = node.wait_switch(bid="0", until=("failed",))
     assert seen[-1]["model"] == "broken"
     assert "param.pth" in seen[-1]["error"]
-    body = node.detect(world["images"][2]).json()
+    body = node.detect(world["images"][2], bid="0").json()
     assert body["status"] == "success" and body["result"]["label"] in ("red", "green")
