@@ -7,4 +7,3 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q -r requirements/x86-cpu.txt -r requirements/base.txt ${EXTRA_REQUIREMENTS:-}
-.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .

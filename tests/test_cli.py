@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -90,10 +91,19 @@ def test_the_demo_command_serves_the_demo_model(tmp_path):
         node.stop()
 
 
-def test_console_script_and_run_py_share_one_cli():
-    exe = os.path.join(os.path.dirname(sys.executable), "aiserving")
-    if os.path.exists(exe):  # the editable install gives it; the release-pack has run.py only
-        done = subprocess.run([exe, "--version"], capture_output=True, text=True)
-        assert done.returncode == 0 and "AIServing OnBoard" in done.stdout
-    done = run_py("--help")
-    assert "--profile" in done.stdout and "--debug" in done.stdout and "--port" in done.stdout
+def test_installing_the_package_gives_the_aiserving_command(tmp_path):
+    root = RUN_PY.parent if (RUN_PY.parent / "setup.py").exists() else Path(__file__).resolve().parents[1]
+    prefix = tmp_path / "prefix"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                           "--prefix", str(prefix), str(root)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (site,) = prefix.glob("lib/python*/site-packages")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    exe = prefix / "bin" / "aiserving"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and "AIServing OnBoard" in version.stdout
+    serve = subprocess.run([str(exe), "serve", "--help"], capture_output=True, text=True, env=env)
+    for option in ("--port", "--debug", "--profile", "--demo"):
+        assert option in serve.stdout
+    assert "--profile" in run_py("--help").stdout  # run.py is the same command line

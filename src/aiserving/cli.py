@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 
+import aiserving
 from aiserving import __version__
 from aiserving.config import Settings, settings_table
 from aiserving.errors import AiservingError, ConfigError
@@ -78,7 +79,9 @@ def cmd_serve(args) -> int:
         return 2
     from aiserving.appliance import Appliance
 
-    log.info("AIServing OnBoard %s, storage %s", __version__, settings.storage)
+    build = aiserving.build_info()
+    log.info("AIServing OnBoard %s (%s package at %s), storage %s", __version__,
+             "compiled" if build["compiled"] else "source", build["package"], settings.storage)
     on_ready = _announce_demo(samples) if args.demo else None
     return Appliance(settings).run(on_ready)
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHSIZE = 1000
 MAX_INFERPROCNUM = 2
+_FAILED = (ProcStatus.ERROR, ProcStatus.LABEL_ERROR)
 
 
 class Generation:
@@ -47,7 +48,8 @@ class Generation:
 
     @property
     def failed(self) -> bool:
-        return any(p.failed for p in self.procs)
+        # A process that reported an error is failed already, before it has exited.
+        return any(p.failed or p.status in _FAILED for p in self.procs)
 
     @property
     def running(self) -> bool:
@@ -59,7 +61,7 @@ class Generation:
 
     @property
     def error(self) -> str:
-        return next((p.msg for p in self.procs if p.failed and p.msg), "")
+        return next((p.msg for p in self.procs if (p.failed or p.status in _FAILED) and p.msg), "")
 
     def stop(self) -> None:
         for p in self.procs:

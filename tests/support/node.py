@@ -15,7 +15,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 # CI points this at release-pack/run.py to run the same tests against the compiled pack.
-RUN_PY = Path(os.environ.get("AISRV_TEST_RUN_PY", ROOT / "run.py"))
+RUN_PY = Path(os.environ.get("AISRV_TEST_RUN_PY", ROOT / "run.py")).resolve()
 
 
 def free_port() -> int:
@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    def __init__(self, storage: Path, *, args=(), env: dict | None = None):
+    def __init__(self, storage: Path, *, args=(), env: dict | None = None, run_py: Path = RUN_PY):
+        self.run_py = Path(run_py)
         self.storage = Path(storage)
         self.port = free_port()
         self.args = list(args)
@@ -45,9 +46,9 @@ class NodeProcess:
         self.storage.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(RUN_PY), "--port", str(self.port), *self.args],
+                [sys.executable, str(self.run_py), "--port", str(self.port), *self.args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=str(RUN_PY.parent))
+                start_new_session=True, cwd=str(self.run_py.parent))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -17,6 +17,7 @@ from flask import Flask, Response, request
 from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
+import aiserving
 from aiserving import broker as brk
 from aiserving.config import Settings
 from aiserving.errors import (AiservingError, BadRequest, InputError, NotReady, QueueFull,
@@ -89,10 +90,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         backend = broker.backend(request.args.get("bid") or None)
         return _json({**backend["switch"], "bid": backend["bid"]})
 
+    build = aiserving.build_info()
+
     @app.get("/healthz")
     def healthz():
         broker.db.ping()
-        return _json({"status": "success"})
+        return _json({"status": "success", "version": build["version"], "compiled": build["compiled"]})
 
     @app.get("/readyz")
     def readyz():
