@@ -86,12 +86,12 @@ class WorkerProcess:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        if self.stopping:
-            self.status = ProcStatus.EXITED
-        elif code == EXIT_LOAD_FAILED:
+        if code == EXIT_LOAD_FAILED:  # even while stopping: the error is what callers need
             self.failed = True
             if self.status not in (ProcStatus.ERROR, ProcStatus.LABEL_ERROR):
                 self.status, self.msg = ProcStatus.ERROR, "the model failed to load"
+        elif self.stopping:
+            self.status = ProcStatus.EXITED
         else:
             self._died(code, now)
         return True

@@ -33,6 +33,8 @@ log = logging.getLogger("aiserving.worker")
 
 EXIT_LOAD_FAILED = 3  # the model cannot load: restarting would not help
 _BLOCK_MS = 500  # longest blocking read, so a stop request is seen quickly
+_DRAIN_BLOCK_MS = 200
+_DRAIN_GRACE_S = 1.0
 
 
 def worker_main(spec: dict, conn, stop_event) -> None:
@@ -117,6 +119,7 @@ class Worker:
         claim_every = self.settings["worker.claim_idle_ms"] / 2000.0
         own_pending = True  # a restarted worker first finishes what its predecessor held
         next_claim = 0.0
+        quiet_since = None
         while True:
             stopping = self.stop_event.is_set()
             jobs, redelivered = [], False
@@ -130,15 +133,19 @@ class Worker:
                                      self.settings["worker.claim_idle_ms"], self.batchsize)
                 redelivered = bool(jobs)
             if not jobs:
-                # While stopping, drain what is queued without waiting for more.
                 jobs = b.read(self.fullhash, self.consumer, self.batchsize,
-                              None if stopping else _BLOCK_MS)
+                              _DRAIN_BLOCK_MS if stopping else _BLOCK_MS)
                 if jobs and not stopping:
                     jobs += self._fill(len(jobs))
             if not jobs:
                 if stopping:
-                    break
+                    # Drain: leave only once the queue has stayed empty a while, so a job
+                    # a front queued just before traffic moved elsewhere is still served.
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since >= _DRAIN_GRACE_S:
+                        break
                 continue
+            quiet_since = None
             if redelivered:
                 # One at a time: if one of them is what killed the last worker, only it
                 # collects deliveries towards being given up.
