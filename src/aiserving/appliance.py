@@ -24,7 +24,7 @@ import aiserving
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, ConfigError
 from aiserving.node import Node
-from aiserving.procutil import die_with_parent
+from aiserving.procutil import die_with_parent, stop_process
 from aiserving.redis_server import EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,7 @@ class Appliance:
         raise ConfigError(f"The REST front did not answer on {url} within 30 s.")
 
     def stop(self) -> None:
-        if self.front is not None and self.front.poll() is None:
-            self.front.terminate()
-            try:
-                self.front.wait(15)
-            except subprocess.TimeoutExpired:
-                self.front.kill()
-                self.front.wait()
+        stop_process(self.front, 15)
         if self.node is not None:
             self.node.stop()
             self.node = None

@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from aiserving.errors import ConfigError
-from aiserving.procutil import die_with_parent
+from aiserving.procutil import die_with_parent, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 10)
         try:
             self.socket.unlink()
         except FileNotFoundError:
