@@ -1,4 +1,5 @@
-"""Build release-pack/: every module of the package compiled to .so by Cython.
+"""Build release-pack/: every module of the package compiled to .so by Cython
+(the gRPC modules generated from the .proto files included).
 
     python build_release.py [--target x86-cpu|jetson|rockchip] [--out release-pack]
 
@@ -118,6 +119,7 @@ def build(target: str, out: Path, src: Path, jobs: int) -> Path:
     work = ROOT / "build" / out.name  # staged sources, C files, objects: never in src/
     for folder in (work, out):
         shutil.rmtree(folder, ignore_errors=True)
+    _generate_protos(src)
     modules = package_modules(src)
     if not modules:
         raise BuildError(f"no package {PACKAGE} under {src}")
@@ -168,6 +170,19 @@ def build(target: str, out: Path, src: Path, jobs: int) -> Path:
     }
     (out / "BUILD_INFO.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _generate_protos(src: Path) -> None:
+    """The gRPC modules are generated from the .proto files, then compiled like the rest."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    try:
+        gen.generate(src)
+    except SystemExit as exc:
+        raise BuildError(str(exc)) from None
 
 
 def _compiled_path(out: Path, name: str) -> Path | None:

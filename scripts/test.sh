@@ -4,7 +4,7 @@
 # With arguments, runs only `pytest <arguments>` from source.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-EXTRA_REQUIREMENTS="-r requirements/test.txt -r requirements/build.txt" bash scripts/setup.sh || exit 1
+EXTRA_REQUIREMENTS="-r requirements/test.txt" bash scripts/setup.sh || exit 1
 
 run_pytest() {
   .venv/bin/python -m pytest "$@"

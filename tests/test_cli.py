@@ -16,7 +16,8 @@ from tests.support.node import RUN_PY, NodeProcess, free_port
 
 
 def run_py(*args, env=None, timeout=60):
-    full_env = dict(os.environ, **(env or {}))
+    full_env = dict(os.environ, AISRV_REDIS_PORT="0", AISRV_GRPC_ADDRESS=f"127.0.0.1:{free_port()}")
+    full_env.update(env or {})
     full_env.pop("AISRV_SETTINGS", None)
     return subprocess.run([sys.executable, str(RUN_PY), *args], env=full_env, capture_output=True,
                           text=True, timeout=timeout, cwd=str(RUN_PY.parent))
@@ -38,6 +39,19 @@ def test_a_busy_port_is_named(storage):
         done = run_py("--port", str(port), env={"AISRV_STORAGE": str(storage)})
     assert done.returncode == 2
     assert f"127.0.0.1:{port} cannot be bound" in done.stderr
+
+
+@pytest.mark.parametrize("setting", ["AISRV_GRPC_ADDRESS", "AISRV_REDIS_PORT"])
+def test_busy_grpc_and_redis_ports_are_named(storage, setting):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        value = f"127.0.0.1:{port}" if setting == "AISRV_GRPC_ADDRESS" else str(port)
+        done = run_py("--port", str(free_port()), env={"AISRV_STORAGE": str(storage), setting: value})
+    assert done.returncode == 2
+    assert setting in done.stderr and "Traceback" not in done.stderr
+    assert not (storage / "run" / "redis.sock").exists()  # what started was stopped again
 
 
 def test_unreachable_external_redis_is_named(storage):

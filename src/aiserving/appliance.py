@@ -1,6 +1,6 @@
-"""One node on one box: redis, the node daemon, its workers and the REST front.
+"""One node on one box: redis, the node daemon (with the gRPC API), its workers, the REST front.
 
-Started in that order and stopped in reverse: the front first (no new
+Started in that order and stopped in reverse: the fronts first (no new
 requests), then the workers (each drains what was queued), then redis.
 """
 
@@ -35,6 +35,7 @@ class Appliance:
         self.settings = settings
         self.redis: EmbeddedRedis | None = None
         self.node: Node | None = None
+        self.grpc = None
         self.front: subprocess.Popen | None = None
         self._stop = threading.Event()
 
@@ -65,7 +66,7 @@ class Appliance:
         _check_port_free(s["http.host"], s["http.port"])
         url = s.redis_url
         if url is None:
-            self.redis = EmbeddedRedis(s.storage / "run").start()
+            self.redis = EmbeddedRedis(s.storage / "run", s["redis.bind"], int(s["redis.port"])).start()
             url = self.redis.url
         try:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
@@ -74,6 +75,9 @@ class Appliance:
                               "redis.port, or leave redis.host empty for the embedded one.") from None
         self.node = Node(s, url)
         self.node.start()
+        from aiserving.api.grpc.server import GrpcServer  # fails fast if protos are not generated
+
+        self.grpc = GrpcServer(self.node).start()
         self._autoload()
         self._start_front(url)
 
@@ -125,6 +129,9 @@ class Appliance:
 
     def stop(self) -> None:
         stop_process(self.front, 15)
+        if self.grpc is not None:
+            self.grpc.stop()
+            self.grpc = None
         if self.node is not None:
             self.node.stop()
             self.node = None

@@ -63,8 +63,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis.host", "", "str",
             "Redis host. Empty: the node starts an embedded redis of its "
             "own on a unix socket under `<storage>/run/`."),
-    Setting("redis.port", "6379", "str", "Redis port, used with `redis.host`.",
-            lambda v: None if v.isdigit() and 0 < int(v) < 65536 else "must be a TCP port number"),
+    Setting("redis.port", "6379", "str",
+            "Redis port: of the configured redis, or where the embedded one also listens over "
+            "TCP (on `redis.bind`) so legacy clients can read results; \"0\": no TCP listener.",
+            lambda v: None if v.isdigit() and 0 <= int(v) < 65536 else "must be a TCP port number"),
+    Setting("redis.bind", "127.0.0.1", "str",
+            "Address the embedded redis listens on over TCP. It has no password: keep it on "
+            "loopback unless the network is trusted."),
     Setting("be.tfsrv.host", "127.0.0.1", "str", "TensorFlow Serving host (tensorflow-serving backend)."),
     Setting("be.tfsrv.adapter", "restful", "str", "How to reach TensorFlow Serving.",
             _one_of("restful", "grpc")),
@@ -85,7 +90,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.workers", 2, "int", "gunicorn worker processes of the REST front.", _positive),
     Setting("http.threads", 32, "int",
             "Threads per REST worker; each blocking `/detect` holds one while it waits.", _positive),
-    Setting("grpc.address", "[::]:50051", "str", "gRPC listen address."),
+    Setting("grpc.address", "[::]:50051", "str", "gRPC listen address (`host:port`).",
+            lambda v: None if v.rpartition(":")[2].isdigit() else "must be host:port"),
+    Setting("grpc.threads", 16, "int", "Threads serving gRPC calls.", _positive),
+    Setting("grpc.load_timeout_s", 300.0, "float",
+            "Longest CreateAndLoadModel waits for the model to run before it gives up and "
+            "removes the backend it created.", _positive),
+    Setting("upload.ttl_s", 3600, "int",
+            "Seconds an upload (gRPC UploadBin) is kept if no import uses it.", _positive),
+    Setting("import.max_bytes", 2 * 1024 ** 3, "int",
+            "Most bytes a model archive may unpack to; larger archives are refused.", _positive),
+    Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
+            "Largest inline image (gRPC InferenceRemote) accepted.", _positive),
     Setting("node.name", "", "str",
             "Name of this node in a shared redis. Empty: the host name. Two nodes sharing "
             "one redis need different names."),

@@ -71,6 +71,32 @@ class TooManyBackends(AiservingError):
     http_status = 409
 
 
+class BackendRunning(AiservingError):
+    """An identical backend already runs; the message is its bid (legacy code 102)."""
+
+    code = 102
+    http_status = 409
+
+
+class BadFullhash(AiservingError):
+    code = 103
+    http_status = 400
+
+
+class ModelLoadFailed(AiservingError):
+    """A model did not come up on a backend (bad weights, preheat failure, time-out)."""
+
+    code = 106
+    http_status = 422
+
+
+class ModelInUse(AiservingError):
+    """A running backend uses the model: it cannot be deleted or replaced under it."""
+
+    code = 105
+    http_status = 409
+
+
 class BadRequest(AiservingError):
     """The request itself is malformed (body, missing field)."""
 
@@ -122,7 +148,8 @@ _BY_NAME = {
     cls.__name__: cls
     for cls in (
         AiservingError, ConfigError, BundleError, ModelNotFound, BackendNotFound,
-        UnsupportedBackend, BackendLimit, TooManyBackends, BadRequest, InputError,
+        UnsupportedBackend, BackendLimit, TooManyBackends, BackendRunning, BadFullhash,
+        ModelLoadFailed, ModelInUse, BadRequest, InputError,
         ProcessingError, InferenceError, NotReady, QueueFull, RequestTimeout,
     )
 }

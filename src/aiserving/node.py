@@ -26,8 +26,8 @@ from aiserving import broker as brk
 from aiserving.backends import supported_types
 from aiserving.bundle.store import Bundle, BundleStore
 from aiserving.config import Settings
-from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BadRequest,
-                              TooManyBackends, UnsupportedBackend)
+from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BackendRunning,
+                              BadRequest, ModelLoadFailed, TooManyBackends, UnsupportedBackend)
 from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
 from aiserving.supervisor import WorkerProcess
 
@@ -69,8 +69,10 @@ class Generation:
 
 
 class BackendEntry:
-    def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str):
+    def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str,
+                 preheat: str):
         self.bid = bid
+        self.preheat = preheat
         self.impl = impl
         self.batchsize = batchsize
         self.inferprocnum = inferprocnum
@@ -100,7 +102,7 @@ class BackendEntry:
         error = (gen.error or gen.procs[0].msg) if gen and word == "failed" else ""
         return {
             "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
-            "inferprocnum": self.inferprocnum, "device": self.device,
+            "inferprocnum": self.inferprocnum, "device": self.device, "preheat": self.preheat,
             "state": int(self.state), "msg": self.msg, "status": status, "model": record,
             "serving": self.serving.bundle.fullhash if self.serving else None,
             "switch": {"model": record["name"] if record else "", "status": word, "error": error},
@@ -115,6 +117,9 @@ class Node:
         self.store = BundleStore(settings.storage)
         self.keys = brk.NodeKeys(self.name)
         self.db = brk.connect(redis_url)
+        # Queueing for the gRPC Inference service, the same path the REST front takes.
+        self.broker = brk.Broker(redis_url, self.name, queue_max=settings["queue.max_len"],
+                                 result_ttl=settings["result.ttl_s"])
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()
         self.backends: dict[str, BackendEntry] = {}
@@ -165,30 +170,36 @@ class Node:
     # --- operations (REST and gRPC doors) -------------------------------------------
 
     def create_backend(self, impl: str, batchsize: int = 0, inferprocnum: int = 0,
-                       device: str = "") -> str:
+                       device: str = "", preheat: str = "") -> str:
         type_name = impl.split(".", 1)[0]
         if not type_name:
             raise BadRequest("a backend type is required to create a backend")
         if type_name not in supported_types():
             raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
                                      f"(supported: {', '.join(supported_types()) or 'none'})")
-        batchsize = batchsize or self.settings["batch.size"]
-        inferprocnum = inferprocnum or self.settings["backend.inferprocnum"]
-        if not 1 <= batchsize <= MAX_BATCHSIZE:
-            raise BackendLimit(f"batchsize {batchsize} is out of limits (1..{MAX_BATCHSIZE})")
-        if not 1 <= inferprocnum <= MAX_INFERPROCNUM:
-            raise BackendLimit(f"inferprocnum {inferprocnum} is out of limits (1..{MAX_INFERPROCNUM})")
+        batchsize, inferprocnum = self._limits(batchsize, inferprocnum)
         with self.lock:
             if len(self.backends) >= self.settings["backend.max_count"]:
                 raise TooManyBackends(f"this node already runs {len(self.backends)} backends "
                                       f"(backend.max_count)")
             bid = str(self._next_bid)
             self._next_bid += 1
-            self.backends[bid] = BackendEntry(bid, impl, batchsize, inferprocnum, device)
+            self.backends[bid] = BackendEntry(bid, impl, batchsize, inferprocnum, device,
+                                              preheat or self.preheat)
             self._publish()
         log.info("created backend %s (%s, batchsize %d, %d process(es))", bid, impl, batchsize,
                  inferprocnum)
         return bid
+
+    def _limits(self, batchsize: int, inferprocnum: int) -> tuple[int, int]:
+        """The backend settings to use (0: the node's default), refused when out of limits."""
+        batchsize = batchsize or self.settings["batch.size"]
+        inferprocnum = inferprocnum or self.settings["backend.inferprocnum"]
+        if not 1 <= batchsize <= MAX_BATCHSIZE:
+            raise BackendLimit(f"batchsize {batchsize} is out of limits (1..{MAX_BATCHSIZE})")
+        if not 1 <= inferprocnum <= MAX_INFERPROCNUM:
+            raise BackendLimit(f"inferprocnum {inferprocnum} is out of limits (1..{MAX_INFERPROCNUM})")
+        return batchsize, inferprocnum
 
     def load_model(self, bid: str, bundle: Bundle) -> None:
         """Start loading `bundle` on a backend; returns at once."""
@@ -236,6 +247,59 @@ class Node:
         self.db.set(self.keys.rest_bid, bid)
         return bid
 
+    def create_and_load(self, impl: str, bundle: Bundle, *, batchsize: int = 0,
+                        inferprocnum: int = 0, device: str = "", preheat: str = "",
+                        timeout: float = 300.0) -> str:
+        """gRPC CreateAndLoadModel: a new backend running `bundle`, or nothing.
+
+        An identical backend (same impl and model version) already there answers
+        BackendRunning with its bid. Waits until the model runs; if it fails to, the
+        backend this call created is removed again.
+        """
+        self._limits(batchsize, inferprocnum)
+        if impl != bundle.record.impl:
+            raise BadRequest(f"backend impl {impl!r} does not match the model's impl "
+                             f"{bundle.record.impl!r}")
+        with self.lock:
+            for entry in self.backends.values():
+                cur = entry.current
+                if (entry.impl == impl and cur is not None and cur.bundle.fullhash == bundle.fullhash
+                        and not cur.failed and entry.state != BackendState.EXITING):
+                    raise BackendRunning(entry.bid)
+            bid = self.create_backend(impl, batchsize, inferprocnum, device, preheat)
+        try:
+            self.load_model(bid, bundle)
+            self.wait_running(bid, timeout)
+        except AiservingError:
+            self.terminate_backend(bid)
+            raise
+        return bid
+
+    def wait_running(self, bid: str, timeout: float) -> None:
+        """Block until the backend's newest model runs; raise its error if it fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                entry = self._entry(bid)
+                cur = entry.current
+                if cur is not None and cur is entry.serving and cur.running:
+                    return
+                if cur is None or cur.failed:
+                    raise ModelLoadFailed(f"backend {bid} failed to load "
+                                          f"{cur.bundle.fullhash if cur else 'a model'}: "
+                                          f"{cur.error if cur else entry.msg}")
+            if time.monotonic() >= deadline:
+                raise ModelLoadFailed(f"backend {bid} did not finish loading within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def users_of(self, implhash: str, version: str) -> list[str]:
+        """Bids of the backends loading or serving this model version."""
+        fullhash = f"{implhash}-{version}"
+        with self.lock:
+            return [e.bid for e in self.backends.values()
+                    if any(g.bundle.fullhash == fullhash and not g.finished
+                           for g in e.generations())]
+
     def terminate_backend(self, bid: str) -> None:
         with self.lock:
             entry = self._entry(bid)
@@ -272,7 +336,7 @@ class Node:
             "bid": entry.bid, "gen": gen, "index": index,
             "consumer": f"{self.name}.{entry.bid}.{gen}.{index}",
             "implhash": bundle.record.implhash, "version": bundle.record.version,
-            "batchsize": entry.batchsize, "device": entry.device, "preheat": self.preheat,
+            "batchsize": entry.batchsize, "device": entry.device, "preheat": entry.preheat,
         }
 
     def _all_generations(self) -> list[Generation]:

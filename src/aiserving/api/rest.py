@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import uuid as uuidlib
 
 from flask import Flask, Response, request
-from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
 import aiserving
 from aiserving import broker as brk
 from aiserving.config import Settings
-from aiserving.errors import (AiservingError, BadRequest, InputError, NotReady, QueueFull,
-                              RequestTimeout)
+from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
+from aiserving.intake import check_image_path, submit
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +57,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise BadRequest("field 'path' (absolute path of an image) is required")
-        _check_image(path)
-        backend = broker.backend(_opt_str(body, "bid"))
-        if not backend.get("serving"):
-            raise NotReady(f"backend {backend['bid']} has no model running "
-                           f"(status: {backend['switch']['status']})")
+        check_image_path(path)
         uuid = uuidlib.uuid4().hex
-        broker.enqueue(backend["serving"], {"uuid": uuid, "path": path, "reply": "1",
-                                            "t": repr(time.time())})
+        submit(broker, broker.backend(_opt_str(body, "bid")), uuid, path=path, reply=True)
         reply = broker.wait_reply(uuid, timeout)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
@@ -127,18 +120,3 @@ def _opt_str(body: dict, key: str) -> str:
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise BadRequest(f"field {key!r} must be a string")
     return str(value)
-
-
-def _check_image(path: str) -> None:
-    """Refuse at the door what no bundle could read, before it takes a queue slot."""
-    if not os.path.isabs(path):
-        raise InputError(f"path {path!r} is not absolute")
-    if not os.path.isfile(path):
-        raise InputError(f"no file at {path}")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"file {path} is not readable by the node")
-    try:
-        with Image.open(path) as image:
-            image.format  # the header alone tells; pixels are left to the bundle
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise InputError(f"file {path} is not an image") from None

@@ -14,7 +14,7 @@ from aiserving.errors import BundleError, ModelNotFound
 log = logging.getLogger(__name__)
 
 _HASH = re.compile(r"[0-9a-f]{32}")
-_VERSION = re.compile(r"[A-Za-z0-9_.]+")
+_VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.]+")  # never "." or ".."
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The legacy gRPC API (proto package `trueno`)."""

@@ -1,0 +1,66 @@
+"""gRPC Exchange service: model archives in and out, in 2 MiB chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import grpc
+
+from aiserving.api.grpc.protocol import exchange_pb2, exchange_pb2_grpc
+from aiserving.errors import AiservingError
+from aiserving.uploads import CHUNK_BYTES
+
+log = logging.getLogger(__name__)
+
+REFUSED = "-1"  # the legacy answer to an upload that breaks the rules
+
+
+class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
+    def __init__(self, node, uploads, catalog):
+        self.node = node
+        self.uploads = uploads
+        self.catalog = catalog
+
+    def UploadBin(self, request_iterator, context):
+        """Each chunk is answered with the upload id; a refused upload with "-1"."""
+        upload = None
+        try:
+            for message in request_iterator:
+                if upload is None:
+                    upload = self.uploads.begin()
+                try:
+                    upload.add(message.pack.index, message.pack.block)
+                except AiservingError as exc:
+                    log.warning("upload %s refused: %s", upload.id, exc.message)
+                    upload.close()
+                    self.uploads.discard(upload.id)
+                    upload = None
+                    yield exchange_pb2.BinData(uuid=REFUSED)
+                    return
+                yield exchange_pb2.BinData(uuid=upload.id, size=upload.size)
+        finally:
+            if upload is not None:
+                upload.close()
+                if not context.is_active():  # the client went away mid-upload
+                    self.uploads.discard(upload.id)
+
+    def DownloadBin(self, request_iterator, context):
+        """The client names an exported image (its implhash); chunks, then size=0."""
+        first = next(iter(request_iterator), None)
+        name = first.uuid if first is not None else ""
+        path = self.catalog.export_path(name)
+        if path is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no exported image {name!r}: call ExportModelImage first")
+        total = path.stat().st_size
+        index = 0
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(CHUNK_BYTES)
+                if not block:
+                    break
+                yield exchange_pb2.BinData(uuid=name, size=total, pack=exchange_pb2.Block(
+                    index=index, hash=hashlib.md5(block).hexdigest(), block=block))
+                index += 1
+        yield exchange_pb2.BinData(uuid=name, size=0, pack=exchange_pb2.Block(index=index))
