@@ -110,7 +110,7 @@ def test_labels_that_do_not_fit_the_output_are_a_label_error(world):
 
 
 def test_a_failed_load_keeps_the_previous_model_serving(world):
-    node, root = world["node"], world["root"]
+    node = world["node"]
     broken = write_bundle(node.storage, name="broken", labels=["x", "y"], seed=5)
     (broken.path / "param.pth").write_bytes(b"garbage")
     node.switch(bid="0", model="broken")

@@ -52,7 +52,7 @@ class ModelCatalog:
         for implhash in sorted(p.name for p in self.store.root.iterdir()):
             for version in self.store.versions(implhash):
                 try:
-                    out.append(self._read(implhash, version))
+                    out.append(self.store.record(implhash, version))
                 except (BundleError, ModelNotFound) as exc:
                     log.warning("skipping malformed model %s/%s: %s", implhash, version, exc.message)
         return out
@@ -96,7 +96,7 @@ class ModelCatalog:
         """Replace threshold, mapping and (when given) modelext of a stored version."""
         implhash, version = self.resolve_ref(info)
         with self._lock:
-            current = self._read(implhash, version)
+            current = self.store.record(implhash, version)
             data = current.to_dict()
             # A key that is absent keeps its value; a given list replaces it, even an
             # empty one, so a wrong length is reported rather than silently kept.
@@ -147,7 +147,7 @@ class ModelCatalog:
             _check_version(version)
         except BundleError as exc:
             raise ModelNotFound(f"no model {implhash}/{version}: {exc.message}") from None
-        record = self._read(implhash, version)
+        record = self.store.record(implhash, version)
         out = pack_export(self.store.root / implhash / version, record,
                           self.exports_dir / f"{implhash}.tar.gz")
         log.info("exported model %s to %s", record.fullhash, out)
@@ -188,23 +188,6 @@ class ModelCatalog:
         return record
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _read(self, implhash: str, version: str) -> DistroRecord:
-        folder = self.store.root / implhash / version
-        if not folder.is_dir():
-            raise ModelNotFound(f"no model {implhash}/{version} in {self.store.root}")
-        where = f"{implhash}/{version}/distros.json"
-        try:
-            data = json.loads((folder / "distros.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BundleError(f"{where}: file is missing") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{where}: not valid JSON ({exc})") from None
-        record = DistroRecord.from_dict(data, where)
-        if record.implhash != implhash or record.version != version:
-            raise BundleError(f"{where}: records {record.implhash}/{record.version} but is "
-                              f"stored as {implhash}/{version}")
-        return record
 
     def _refuse_existing(self, record: DistroRecord, placeholder_ok: bool = False) -> None:
         """Refuse a version that exists -- except, for an import, the placeholder that

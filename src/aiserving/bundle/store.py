@@ -44,7 +44,14 @@ class BundleStore:
         self.root = Path(storage) / "models"
 
     def load(self, implhash: str, version: str) -> Bundle:
-        """The bundle of one model version, validated."""
+        """The bundle of one model version, validated, vendor files included."""
+        bundle = Bundle(self.root / implhash / version, self.record(implhash, version))
+        bundle.file("pre_dataprocess.py")
+        bundle.file("post_dataprocess.py")
+        return bundle
+
+    def record(self, implhash: str, version: str) -> DistroRecord:
+        """The validated distros.json of one stored model version."""
         if not _HASH.fullmatch(implhash) or not _VERSION.fullmatch(version):
             raise ModelNotFound(f"no model {implhash}/{version}: not a valid implhash/version")
         path = self.root / implhash / version
@@ -61,10 +68,7 @@ class BundleStore:
         if record.implhash != implhash or record.version != version:
             raise BundleError(f"{where}: records {record.implhash}/{record.version} but is "
                               f"stored as {implhash}/{version}")
-        bundle = Bundle(path, record)
-        bundle.file("pre_dataprocess.py")
-        bundle.file("post_dataprocess.py")
-        return bundle
+        return record
 
     def versions(self, implhash: str) -> list[str]:
         folder = self.root / implhash
