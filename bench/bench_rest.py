@@ -11,6 +11,8 @@ HTTP clients. Prints images/s of both and their ratio, plus latency percentiles.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -19,30 +21,38 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Extra environment for the node, e.g. BENCH_NODE_ENV='{"AISRV_BE_TRPY_THREADS": "2"}'.
+EXTRA_ENV = json.loads(os.environ.get("BENCH_NODE_ENV", "{}"))
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from aiserving.backends import create_backend  # noqa: E402
 from aiserving.bundle.vendor import VendorCode  # noqa: E402
 from aiserving.demo import LABELS, draw_shape, ensure_demo  # noqa: E402
 from tests.support.node import NodeProcess  # noqa: E402
 
 
 def plain_torch(bundle, images: list[Path]) -> float:
+    """The bundle run by hand with torch's own defaults, as a script without a server would."""
+    import torch
+
     vendor = VendorCode.load(bundle)
-    backend = create_backend("pytorch", {"be.trpy.device": "cpu", "be.trpy.mixed_mode": False})
-    backend.load(bundle)
+    namespace: dict = {}
+    exec((bundle.path / "model.py").read_text(), namespace)
+    model = namespace["build_structure"]()
+    model.load_state_dict(torch.load(bundle.path / "param.pth", weights_only=True)["state_dict"])
+    model.eval()
     rec = bundle.record
     frame = {"labels": rec.labels, "threshold": rec.threshold_values, "mapping": rec.mapping}
     start = time.perf_counter()
     for n, path in enumerate(images):
         pre = vendor.pre({"uuid": str(n), "path": str(path)})
-        (out,) = backend.predict([pre["feed_list"][0][None]])
+        with torch.inference_mode():
+            out = model(torch.from_numpy(pre["feed_list"][0][None])).numpy()
         vendor.post({**frame, "infers": [out[0]], "passby": pre["passby"]})
     return len(images) / (time.perf_counter() - start)
 
 
 def node_rate(storage: Path, images: list[Path], clients: int, batch: int):
-    node = NodeProcess(storage, env={"AISRV_BATCH_SIZE": str(batch),
+    node = NodeProcess(storage, env={"AISRV_BATCH_SIZE": str(batch), **EXTRA_ENV,
                                      "AISRV_AUTOLOAD": "demo-shapes"}).start()
     try:
         node.wait_switch()
@@ -52,7 +62,10 @@ def node_rate(storage: Path, images: list[Path], clients: int, batch: int):
 
         def one(path):
             t = time.perf_counter()
-            ok = node.detect(path).status_code == 200
+            answer = node.detect(path)
+            ok = answer.status_code == 200
+            if not ok:
+                print("failed:", answer.status_code, answer.text[:300], flush=True)
             latencies.append(time.perf_counter() - t)
             return ok
 

@@ -81,6 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("be.trpy.device", "cpu", "str",
             "PyTorch device: `cpu`, `cuda` or `cuda:N`; falls back to cpu with a warning "
             "when CUDA is absent.", _torch_device),
+    Setting("be.trpy.threads", 0, "int",
+            "PyTorch CPU threads per inference process; 0: half the cores (at least 1), "
+            "leaving the rest to pre/post-processing, the fronts and redis.", _non_negative),
     Setting("be.rknnpy.target", "rk3399pro", "str", "Rockchip NPU target of the rknn backend."),
     # --- new keys ---
     Setting("http.host", "127.0.0.1", "str",

@@ -34,6 +34,7 @@ log = logging.getLogger("aiserving.worker")
 EXIT_LOAD_FAILED = 3  # the model cannot load: restarting would not help
 _BLOCK_MS = 500  # longest blocking read, so a stop request is seen quickly
 _DRAIN_BLOCK_MS = 200
+_POLL_S = 0.001  # while filling a batch
 _DRAIN_GRACE_S = 1.0
 
 
@@ -62,6 +63,7 @@ class Worker:
         self.broker = brk.Broker(spec["redis_url"], spec["node"],
                                  result_ttl=int(self.settings["result.ttl_s"]))
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
+        self._busy = False
 
     def report(self, status: ProcStatus, msg: str = "") -> None:
         try:
@@ -159,18 +161,27 @@ class Worker:
             pass
 
     def _fill(self, have: int) -> list:
-        """More jobs for the batch, waiting at most max_batch_delay for them."""
+        """More jobs for the batch, waiting at most max_batch_delay for them.
+
+        Polls instead of a short blocking read: redis resolves blocking time-outs
+        only at its `hz` tick (100 ms by default), which would hold a lone
+        request that long.
+        """
         more: list = []
         deadline = time.monotonic() + self.max_delay
         while have + len(more) < self.batchsize:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms < 1:
-                break
             more += self.broker.read(self.fullhash, self.consumer,
-                                     self.batchsize - have - len(more), left_ms)
+                                     self.batchsize - have - len(more), None)
+            left = deadline - time.monotonic()
+            if left <= 0 or (not self._busy and not more):
+                # Past the delay, or quiet traffic: nothing else is queued, so waiting
+                # would only add latency.
+                break
+            time.sleep(min(left, _POLL_S))
         return more
 
     def _process(self, pipeline: Pipeline, jobs: list, redelivered: bool) -> None:
+        self._busy = len(jobs) > 1  # a batch formed: requests are arriving together
         t_start = time.time()
         items, rows, temp_files = [], [], []
         poisoned = []

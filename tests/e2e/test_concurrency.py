@@ -29,4 +29,5 @@ def test_fifty_concurrent_requests_get_their_own_results(storage, tmp_path, star
     assert sum(sizes) >= 50  # every request (plus the preheat) went through a logged batch
     assert max(sizes) > 1, "requests were never batched"
     assert max(sizes) <= 8
+    assert "died" not in node.log() and "Traceback" not in node.log()  # no worker fell over
     assert re.search(r"queue wait avg [\d.]+ ms .* pre [\d.]+ ms \| infer [\d.]+ ms \| post", node.log())
