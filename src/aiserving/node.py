@@ -134,6 +134,8 @@ class Node:
     # --- life ---------------------------------------------------------------------
 
     def start(self) -> None:
+        # Probe the frameworks now (each in a child process) rather than on the first request.
+        threading.Thread(target=supported_types, name="probe", daemon=True).start()
         self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.commands)
         self.db.set(self.keys.alive, "1", ex=5)
         for target, name in ((self._supervise, "supervisor"), (self._serve_commands, "commands")):

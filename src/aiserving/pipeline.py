@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ class Timings:
     post: float = 0.0
     items: int = 0
     failed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def to_json(value: Any) -> str:

@@ -239,3 +239,28 @@ def test_exchange_limits(env):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     unknown = c.model.ImportModelDistro(model_info(env["alpha"].record, bundle="0" * 32, version="9"))
     assert unknown.code == 104 and "upload" in unknown.msg
+
+
+def test_import_v2_takes_the_version_from_the_fullhash(env):
+    c, beta = env["client"], env["beta"]
+    exported = c.model.ExportModelImage(model_info(beta.record))
+    assert exported.code == 0
+    data, _ = c.download(exported.msg)
+    implhash = beta.record.implhash
+
+    def brief(fullhash, upload_id):
+        r = beta.record
+        return model_pb2.ModelInfoBrief(
+            name=r.name, labels=r.labels, head=r.head, bone=r.bone, impl=r.impl,
+            fullhash=fullhash, bundle=upload_id, threshold=["0.1", "0.2"], mapping=["R", "G"])
+
+    assert c.model.ImportModelDistroV2(brief(f"{implhash}-2", c.upload(data)[0])).code == 0
+    stored = {(m.implhash, m.version): m for m in c.model.ListModels(ping()).models}
+    assert list(stored[(implhash, "2")].threshold) == ["0.1", "0.2"]
+    assert list(stored[(implhash, "1")].threshold) == list(beta.record.threshold)
+    again = c.model.ImportModelDistroV2(brief(f"{implhash}-2", c.upload(data)[0]))
+    assert again.code == 104 and "already exists" in again.msg
+    assert c.model.ImportModelDistroV2(brief("not-a-fullhash", c.upload(data)[0])).code == 103
+    wrong = c.model.ImportModelDistroV2(brief(f"{'0' * 32}-3", c.upload(data)[0]))
+    assert wrong.code == 104 and "implhash" in wrong.msg
+    assert c.model.DeleteModel(model_pb2.ModelInfo(implhash=implhash, version="2")).code == 0

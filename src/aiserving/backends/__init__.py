@@ -8,7 +8,11 @@ line here.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import subprocess
+import sys
+import threading
 from typing import Any
 
 from aiserving.backends.base import Backend
@@ -40,9 +44,35 @@ def create_backend(type_name: str, settings: dict[str, Any]) -> Backend:
     return backend_class(type_name)(settings)
 
 
-def supported_types() -> list[str]:
-    """Backend types whose framework actually imports here (checked without importing it)."""
-    import importlib.util
+_probed: dict[str, bool] = {}
+_probe_lock = threading.Lock()
 
-    return [t for t, (_, _, framework) in sorted(REGISTRY.items())
-            if importlib.util.find_spec(framework) is not None]
+
+def supported_types() -> list[str]:
+    """Backend types whose framework actually imports on this node.
+
+    Each framework is imported once, in a child process: a framework that is
+    installed but broken (a wrong numpy, a missing CUDA library) is not
+    supported, and the node daemon itself never imports a framework.
+    """
+    with _probe_lock:
+        for type_name, (_, _, framework) in REGISTRY.items():
+            if type_name not in _probed:
+                _probed[type_name] = _imports(framework)
+        return sorted(t for t, ok in _probed.items() if ok)
+
+
+def _imports(framework: str) -> bool:
+    if importlib.util.find_spec(framework) is None:
+        return False
+    try:
+        done = subprocess.run([sys.executable, "-c", f"import {framework}"], capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        log.warning("importing %s took over 300 s: its backend is left out", framework)
+        return False
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        log.warning("%s is installed but does not import (%s): its backend is left out",
+                    framework, last)
+    return done.returncode == 0

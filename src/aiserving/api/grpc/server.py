@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 
 import grpc
@@ -28,6 +29,7 @@ class GrpcServer:
         settings = node.settings
         self.node = node
         self.address = settings["grpc.address"]
+        self._stopped = threading.Event()
         run = settings.storage / "run"
         self.uploads = UploadStore(run / "uploads", settings["upload.ttl_s"])
         self.catalog = ModelCatalog(node.store, run, settings["import.max_bytes"])
@@ -56,11 +58,22 @@ class GrpcServer:
                               "listened on (in use, or not a local address): set "
                               "AISRV_GRPC_ADDRESS.")
         self.server.start()
+        self._sweeper = threading.Thread(target=self._sweep, name="upload-sweeper", daemon=True)
+        self._sweeper.start()
         log.info("gRPC API listening on %s (protobuf: %s)", self.address, protobuf_implementation())
         return self
 
     def stop(self, grace: float = 5.0) -> None:
+        self._stopped.set()
         self.server.stop(grace).wait(grace + 1)
+
+    def _sweep(self) -> None:
+        """Expired uploads go even when no new upload comes to trigger it."""
+        while not self._stopped.wait(60):
+            try:
+                self.uploads.sweep()
+            except OSError as exc:
+                log.warning("cannot sweep uploads: %s", exc)
 
 
 def protobuf_implementation() -> str:
