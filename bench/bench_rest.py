@@ -5,7 +5,9 @@
 Plain torch: one process running the demo bundle's own pre-processing, forward
 pass and post-processing per image, in a loop (what a script without a server
 does). Node: a real node (`run.py`) with the demo bundle, `--clients` concurrent
-HTTP clients. Prints images/s of both and their ratio, plus latency percentiles.
+HTTP clients on the same machine. Prints images/s of both and their ratio, the CPU
+time all node processes spent per request against plain torch's per image (the
+clients' CPU is not counted there), and latency percentiles.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 # Extra environment for the node, e.g. BENCH_NODE_ENV='{"AISRV_BE_TRPY_THREADS": "2"}'.
@@ -42,13 +46,14 @@ def plain_torch(bundle, images: list[Path]) -> float:
     model.eval()
     rec = bundle.record
     frame = {"labels": rec.labels, "threshold": rec.threshold_values, "mapping": rec.mapping}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for n, path in enumerate(images):
         pre = vendor.pre({"uuid": str(n), "path": str(path)})
         with torch.inference_mode():
             out = model(torch.from_numpy(pre["feed_list"][0][None])).numpy()
         vendor.post({**frame, "infers": [out[0]], "passby": pre["passby"]})
-    return len(images) / (time.perf_counter() - start)
+    return (len(images) / (time.perf_counter() - start),
+            1000 * (time.process_time() - cpu) / len(images))
 
 
 def node_rate(storage: Path, images: list[Path], clients: int, batch: int):
@@ -69,14 +74,26 @@ def node_rate(storage: Path, images: list[Path], clients: int, batch: int):
             latencies.append(time.perf_counter() - t)
             return ok
 
+        tree = [psutil.Process(node.proc.pid)] + psutil.Process(node.proc.pid).children(recursive=True)
+        cpu_before = sum(_cpu(p) for p in tree)
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(one, images))
         rate = len(images) / (time.perf_counter() - start)
+        cpu_ms = 1000 * (sum(_cpu(p) for p in tree) - cpu_before) / len(images)
         assert all(results), "some requests failed"
-        return rate, latencies
+        return rate, latencies, cpu_ms
     finally:
         node.stop()
+
+
+def _cpu(process) -> float:
+    """CPU seconds a process of the node used (redis, fronts, workers, the daemon)."""
+    try:
+        t = process.cpu_times()
+        return t.user + t.system
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def main() -> None:
@@ -96,12 +113,14 @@ def main() -> None:
             path = Path(tmp) / f"img{n}.jpg"
             draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
             images.append(path)
-        raw = plain_torch(bundle, images)
-        rate, latencies = node_rate(storage, images, args.clients, args.batch)
+        raw, raw_cpu = plain_torch(bundle, images)
+        rate, latencies, cpu_ms = node_rate(storage, images, args.clients, args.batch)
     q = statistics.quantiles(latencies, n=100)
-    print(f"plain torch, one process : {raw:8.1f} images/s")
+    print(f"plain torch, one process : {raw:8.1f} images/s, {raw_cpu:.2f} CPU-ms per image")
     print(f"node, {args.clients} clients, batch {args.batch:<3}: {rate:8.1f} images/s "
-          f"(ratio {rate / raw:.2f}x of plain torch)")
+          f"(ratio {rate / raw:.2f}x of plain torch; the clients share these cores)")
+    print(f"node CPU per request     : {cpu_ms:.2f} ms (ratio {cpu_ms / raw_cpu:.2f}x of plain "
+          f"torch), all node processes")
     print(f"node latency             : p50 {1000 * q[49]:.1f} ms, p99 {1000 * q[98]:.1f} ms")
 
 
