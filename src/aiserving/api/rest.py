@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings is None:
         resolved = os.environ.get("AISRV_RESOLVED_SETTINGS")
         settings = Settings(json.loads(resolved)) if resolved else Settings.load()
-    broker = brk.Broker(settings["redis.url"] or settings.redis_url, settings["node.name"],
+    broker = brk.Broker(settings.redis_url, settings["node.name"],
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"])
     timeout = float(settings["request.timeout_s"])
     app = Flask("aiserving")
