@@ -68,5 +68,5 @@ def test_readme_carries_the_generated_settings_table():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert settings_table() in readme, "README's settings table is stale: regenerate it with " \
-                                       "`python run.py settings-table`... see README"
+    assert settings_table() in readme, ("README's settings table is stale: regenerate it with "
+                                       "`PYTHONPATH=src python -m aiserving settings-table`")
