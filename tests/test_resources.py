@@ -1,6 +1,5 @@
 import re
 import sys
-import time
 import types
 
 import psutil
@@ -49,15 +48,12 @@ def _fake_pynvml(devices, init_error=None):
 
 
 def test_real_values_are_percentages_with_one_decimal(storage, tmp_path):
-    start = time.monotonic()
     reply = node_resources(storage, sysfs_root=tmp_path / "sysroot")
-    elapsed = time.monotonic() - start
     assert set(reply) == {"cpu", "mem", "gpu", "dsk"}
     for key in ("cpu", "mem", "dsk"):
         assert ONE_DECIMAL.match(reply[key]), (key, reply[key])
         assert 0.0 <= float(reply[key]) <= 100.0
     assert reply["gpu"] == "N/A"
-    assert elapsed < 0.5
     # Later calls do not sample again.
     second = node_resources(storage, sysfs_root=tmp_path / "sysroot")
     assert ONE_DECIMAL.match(second["cpu"]) and 0.0 <= float(second["cpu"]) <= 100.0

@@ -45,12 +45,10 @@ def decode_image(text: str, kind: str, max_bytes: int) -> bytes:
     except (binascii.Error, ValueError):
         raise InputError("field 'base64' is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            found = (image.format or "").lower()
+        with Image.open(io.BytesIO(data)):
+            pass  # identifying the format is the check; pixels are left to the bundle
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(f"the decoded data is not an image (type {kind!r} was given)") from None
-    if not found:
-        raise InputError("the decoded data is not an image")
     return data
 
 

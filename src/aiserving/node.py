@@ -19,7 +19,6 @@ import multiprocessing as mp
 import multiprocessing.connection
 import threading
 import time
-import uuid as uuidlib
 from pathlib import Path
 
 from aiserving import broker as brk
@@ -451,10 +450,6 @@ class Node:
             fields = {k: str(args.get(k) or "") for k in ("bid", "btype", "model", "mode", "device")}
             return {"bid": self.switch(**fields)}
         raise BadRequest(f"unknown command {op!r}")
-
-
-def new_id() -> str:
-    return uuidlib.uuid4().hex
 
 
 def _default_preheat(run_dir: Path) -> Path:

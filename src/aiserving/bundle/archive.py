@@ -8,6 +8,7 @@ it accepts can reach outside its target folder. The checks are ours; Python's
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -69,48 +70,58 @@ def pack_export(bundle_path: Path, record: DistroRecord, out: Path) -> Path:
     entries.append(("configs.json", None))
     entries.sort(key=lambda entry: entry[0])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    # gzip header without a name or time, so one bundle always packs to the same bytes.
+    with atomic_output(out) as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_plain_info(tarfile.TarInfo(top), tarfile.DIRTYPE, 0o755,
+                                bundle_path.stat().st_mtime))
+        for rel, link in entries:
+            name = f"{top}/{rel}"
+            if rel == "configs.json" and link is None:
+                info = tarfile.TarInfo(name)
+                info.size = len(configs_bytes)
+                distros = bundle_path / "distros.json"
+                mtime = distros.stat().st_mtime if distros.is_file() else 0
+                tar.addfile(_plain_info(info, tarfile.REGTYPE, 0o644, mtime),
+                            io.BytesIO(configs_bytes))
+                continue
+            path = bundle_path / rel
+            if link is not None:
+                info = tarfile.TarInfo(name)
+                info.linkname = link
+                tar.addfile(_plain_info(info, tarfile.SYMTYPE, 0o777, path.lstat().st_mtime))
+            elif path.is_dir():
+                tar.addfile(_plain_info(tarfile.TarInfo(name), tarfile.DIRTYPE, 0o755,
+                                        path.stat().st_mtime))
+            else:
+                st = path.stat()
+                info = tarfile.TarInfo(name)
+                info.size = st.st_size
+                mode = 0o755 if st.st_mode & 0o111 else 0o644
+                with open(path, "rb") as fh:
+                    tar.addfile(_plain_info(info, tarfile.REGTYPE, mode, st.st_mtime), fh)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int | None = None):
+    """A binary file that appears at `path` whole, or not at all (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        # gzip header without a name or time, so one bundle always packs to the same bytes.
-        with os.fdopen(fd, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(_plain_info(tarfile.TarInfo(top), tarfile.DIRTYPE, 0o755,
-                                    bundle_path.stat().st_mtime))
-            for rel, link in entries:
-                name = f"{top}/{rel}"
-                if rel == "configs.json" and link is None:
-                    info = tarfile.TarInfo(name)
-                    info.size = len(configs_bytes)
-                    distros = bundle_path / "distros.json"
-                    mtime = distros.stat().st_mtime if distros.is_file() else 0
-                    tar.addfile(_plain_info(info, tarfile.REGTYPE, 0o644, mtime),
-                                io.BytesIO(configs_bytes))
-                    continue
-                path = bundle_path / rel
-                if link is not None:
-                    info = tarfile.TarInfo(name)
-                    info.linkname = link
-                    tar.addfile(_plain_info(info, tarfile.SYMTYPE, 0o777, path.lstat().st_mtime))
-                elif path.is_dir():
-                    tar.addfile(_plain_info(tarfile.TarInfo(name), tarfile.DIRTYPE, 0o755,
-                                            path.stat().st_mtime))
-                else:
-                    st = path.stat()
-                    info = tarfile.TarInfo(name)
-                    info.size = st.st_size
-                    mode = 0o755 if st.st_mode & 0o111 else 0o644
-                    with open(path, "rb") as fh:
-                        tar.addfile(_plain_info(info, tarfile.REGTYPE, mode, st.st_mtime), fh)
-        os.replace(tmp, out)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    return out
 
 
 def _open_tar(archive: Path) -> tarfile.TarFile:

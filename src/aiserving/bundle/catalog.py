@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from aiserving.bundle.archive import pack_export, safe_extract
+from aiserving.bundle.archive import atomic_output, pack_export, safe_extract
 from aiserving.bundle.record import DistroRecord, disthash_of, implhash_of
 from aiserving.bundle.store import BundleStore
 from aiserving.errors import BundleError, ModelNotFound
@@ -114,11 +114,7 @@ class ModelCatalog:
 
     def delete(self, implhash: str, version: str) -> None:
         """Remove one model version, and its implhash folder once that is empty."""
-        try:
-            _check_implhash(implhash)
-            _check_version(version)
-        except BundleError as exc:
-            raise ModelNotFound(f"no model {implhash}/{version}: {exc.message}") from None
+        _existing_ref(implhash, version)
         folder = self.store.root / implhash / version
         with self._lock:
             if folder.is_symlink():
@@ -142,11 +138,7 @@ class ModelCatalog:
 
     def export(self, implhash: str, version: str) -> Path:
         """Pack a stored version as `<work_dir>/exports/<implhash>.tar.gz`."""
-        try:
-            _check_implhash(implhash)
-            _check_version(version)
-        except BundleError as exc:
-            raise ModelNotFound(f"no model {implhash}/{version}: {exc.message}") from None
+        _existing_ref(implhash, version)
         record = self.store.record(implhash, version)
         out = pack_export(self.store.root / implhash / version, record,
                           self.exports_dir / f"{implhash}.tar.gz")
@@ -276,6 +268,15 @@ def _new_record(info: dict, implhash_required: bool) -> DistroRecord:
                                threshold=threshold, mapping=mapping, modelext=modelext)
 
 
+def _existing_ref(implhash: str, version: str) -> None:
+    """A malformed reference names no stored model."""
+    try:
+        _check_implhash(implhash)
+        _check_version(version)
+    except BundleError as exc:
+        raise ModelNotFound(f"no model {implhash}/{version}: {exc.message}") from None
+
+
 def _check_implhash(implhash: str) -> None:
     if not isinstance(implhash, str) or not _HASH.fullmatch(implhash):
         raise BundleError(f"field 'implhash' must be 32 lowercase hex digits, got {implhash!r}")
@@ -304,18 +305,9 @@ def _remove(path: Path) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; distros.json was always world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # mkstemp makes 0600; distros.json was always world-readable.
+    with atomic_output(path, 0o644) as fh:
+        fh.write(json.dumps(data, indent=2).encode("utf-8"))
 
 
 def _is_placeholder(folder: Path) -> bool:
