@@ -85,6 +85,30 @@ SETTINGS: tuple[Setting, ...] = (
             "PyTorch CPU threads per inference process; 0: half the cores (at least 1), "
             "leaving the rest to pre/post-processing, the fronts and redis.", _non_negative),
     Setting("be.rknnpy.target", "rk3399pro", "str", "Rockchip NPU target of the rknn backend."),
+    Setting("be.rknnpy.core_mask", "auto", "str",
+            "RK3588 NPU cores an rknn backend runs on: `auto`, `0`, `1`, `2`, `0_1`, `0_1_2` "
+            "or `all` (other targets have one core and ignore it).",
+            _one_of("auto", "0", "1", "2", "0_1", "0_1_2", "all")),
+    Setting("be.tfsrv.timeout_s", 10.0, "float",
+            "Longest one TensorFlow Serving predict call may take before the batch fails.",
+            _positive),
+    Setting("be.tf.device", "auto", "str",
+            "TensorFlow device (tensorflow backend): `auto` (a GPU where TensorFlow sees one, "
+            "else the CPU), `cpu`, `gpu`/`cuda` or `gpu:N`/`cuda:N`; a backend's own `device` "
+            "wins.", lambda v: None if re.fullmatch(r"auto|cpu|(gpu|cuda)(:\d+)?", v)
+            else "must be 'auto', 'cpu', 'gpu' or 'gpu:N'"),
+    Setting("be.onnx.providers", [], "list",
+            "ONNX Runtime execution providers in order of preference (e.g. "
+            "`CUDAExecutionProvider,CPUExecutionProvider`); empty: CUDA where onnxruntime "
+            "offers it, then the CPU. Providers this onnxruntime lacks are skipped with a "
+            "warning."),
+    Setting("be.mxnet.device", "cpu", "str",
+            "MXNet context: `cpu`, `gpu` or `gpu:N`; falls back to cpu with a warning where "
+            "no GPU is usable.", lambda v: None if re.fullmatch(r"cpu|gpu(:\d+)?", v)
+            else "must be 'cpu', 'gpu' or 'gpu:N'"),
+    Setting("backend.threads", 0, "int",
+            "CPU threads per inference process of the TensorFlow, TF-Lite, ONNX and MXNet "
+            "backends; 0: half the cores (at least 1), as for PyTorch.", _non_negative),
     # --- new keys ---
     Setting("http.host", "127.0.0.1", "str",
             "Address the REST front binds to (legacy settings key `port` sets `http.port`)."),

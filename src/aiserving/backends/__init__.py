@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -20,9 +21,17 @@ from aiserving.errors import UnsupportedBackend
 
 log = logging.getLogger(__name__)
 
-#: backend type -> (module, class, framework module whose import proves support)
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "pytorch": ("aiserving.backends.pytorch", "TorchBackend", "torch"),
+#: backend type -> (module, class, framework packages: at least one must be installed)
+REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pytorch": ("aiserving.backends.pytorch", "TorchBackend", ("torch",)),
+    "tensorflow": ("aiserving.backends.tensorflow", "TensorFlowBackend", ("tensorflow",)),
+    "tensorflow-lite": ("aiserving.backends.tflite", "TFLiteBackend",
+                        ("ai_edge_litert", "tensorflow")),
+    "tensorflow-serving": ("aiserving.backends.tfserving", "TFServingBackend",
+                           ("tensorflow_serving",)),
+    "mxnet": ("aiserving.backends.mxnet", "MXNetBackend", ("mxnet",)),
+    "rknn": ("aiserving.backends.rknn", "RKNNBackend", ("rknnlite",)),
+    "onnx": ("aiserving.backends.onnx", "OnnxBackend", ("onnxruntime",)),
 }
 
 
@@ -49,30 +58,49 @@ _probe_lock = threading.Lock()
 
 
 def supported_types() -> list[str]:
-    """Backend types whose framework actually imports on this node.
+    """Backend types whose backend module, framework included, imports on this node.
 
-    Each framework is imported once, in a child process: a framework that is
-    installed but broken (a wrong numpy, a missing CUDA library) is not
-    supported, and the node daemon itself never imports a framework.
+    Each backend module is imported once, in a child process of its own (all at
+    the same time): a framework that is installed but broken (a wrong numpy, a
+    missing CUDA library) is not supported, and the node daemon itself never
+    imports a framework.
     """
     with _probe_lock:
-        for type_name, (_, _, framework) in REGISTRY.items():
-            if type_name not in _probed:
-                _probed[type_name] = _imports(framework)
+        todo = {t: spec for t, spec in REGISTRY.items() if t not in _probed}
+        children = {}
+        for type_name, (module, _, frameworks) in todo.items():
+            if not any(_installed(f) for f in frameworks):
+                _probed[type_name] = False
+            else:
+                children[type_name] = _start_probe(module)
+        for type_name, child in children.items():
+            _probed[type_name] = _probe_result(REGISTRY[type_name][0], child)
         return sorted(t for t, ok in _probed.items() if ok)
 
 
-def _imports(framework: str) -> bool:
-    if importlib.util.find_spec(framework) is None:
-        return False
+def _installed(package: str) -> bool:
     try:
-        done = subprocess.run([sys.executable, "-c", f"import {framework}"], capture_output=True,
-                              text=True, timeout=300, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        log.warning("importing %s took over 300 s: its backend is left out", framework)
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
         return False
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        log.warning("%s is installed but does not import (%s): its backend is left out",
-                    framework, last)
-    return done.returncode == 0
+
+
+def _start_probe(module: str) -> subprocess.Popen:
+    # The child sees what this process sees: the source tree or the release-pack.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.Popen([sys.executable, "-c", f"import {module}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+
+
+def _probe_result(module: str, child: subprocess.Popen) -> bool:
+    try:
+        _, stderr = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        log.warning("importing %s took over 300 s: its backend is left out", module)
+        return False
+    if child.returncode != 0:
+        last = (stderr.strip().splitlines() or ["(no message)"])[-1]
+        log.warning("%s does not import (%s): its backend is left out", module, last)
+    return child.returncode == 0

@@ -6,6 +6,7 @@ bundle on one device, predicts a batch, and releases what it holds.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
@@ -41,3 +42,13 @@ class Backend(ABC):
     @property
     def device(self) -> str:
         return "cpu"
+
+
+def cpu_threads(settings: dict[str, Any], key: str = "backend.threads") -> int:
+    """CPU threads a framework may use in one inference process.
+
+    0 means half the cores (at least 1): intra-op threads that outnumber free
+    cores spin against pre/post-processing, the fronts and redis and make every
+    batch slower, not faster.
+    """
+    return int(settings.get(key, 0) or 0) or max(1, (os.cpu_count() or 2) // 2)

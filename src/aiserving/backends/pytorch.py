@@ -9,13 +9,12 @@ whole model is one TorchScript file, `model_core`.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from aiserving.backends.base import Backend
+from aiserving.backends.base import Backend, cpu_threads
 from aiserving.bundle.store import Bundle
 from aiserving.bundle.vendor import load_module
 from aiserving.errors import BundleError
@@ -37,10 +36,7 @@ class TorchBackend(Backend):
 
     def load(self, bundle: Bundle, device: str | None = None) -> None:
         self._device = _pick_device(device or self.settings.get("be.trpy.device", "cpu"))
-        # Intra-op threads that outnumber free cores spin against the node's other
-        # processes and make every batch slower, not faster.
-        threads = int(self.settings.get("be.trpy.threads", 0)) or max(1, (os.cpu_count() or 2) // 2)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cpu_threads(self.settings, "be.trpy.threads"))
         kind = bundle.record.model_type
         if kind == "structureSplit":
             model = self._load_split(bundle)
