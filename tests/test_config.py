@@ -23,10 +23,10 @@ def test_every_setting_has_an_environment_override():
 
 def test_file_then_environment(tmp_path):
     f = tmp_path / "settings.py"
-    f.write_text('settings = {"port": 9000, "redis.host": "db.local", "redis.port": "6380",\n'
+    f.write_text('settings = {"http.port": 9000, "redis.host": "db.local", "redis.port": "6380",\n'
                  '            "be.trpy.mixed_mode": "1", "storage": "models-here"}\n')
     s = Settings.load(f, environ={"AISRV_REDIS_PORT": "7000", "AISRV_AUTOLOAD": "a, b"})
-    assert s["http.port"] == 9000  # legacy key `port`
+    assert s["http.port"] == 9000
     assert s["be.trpy.mixed_mode"] is True
     assert s.redis_url == "redis://db.local:7000"
     assert s["autoload"] == ["a", "b"]
@@ -70,3 +70,52 @@ def test_readme_carries_the_generated_settings_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert settings_table() in readme, ("README's settings table is stale: regenerate it with "
                                        "`PYTHONPATH=src python -m aiserving settings-table`")
+
+
+# The old product's own template (settings_tmpl.py), filled in as a device has it.
+LEGACY_TEMPLATE = """\
+settings = {
+    'port': "[::]:50051",
+    'storage': "/home/jk-97/aiserving_storage",
+    'preheat': "/home/jk-97/aiserving_storage/preheat.jpeg",
+    'redis.host': "localhost",
+    'redis.port': "6379",
+    'be.tfsrv.host': "127.0.0.1", 'be.tfsrv.adapter': "restful",
+    'be.tfsrv.grpc_port': "8500", 'be.tfsrv.rest_port': "8501",
+    'be.trpy.mixed_mode': "1", 'be.trpy.device': "cuda",
+    'be.rknnpy.target': "rk3399pro",
+}
+"""
+
+
+def test_the_old_products_template_reads_as_it_did(tmp_path):
+    f = tmp_path / "settings.py"
+    f.write_text(LEGACY_TEMPLATE)
+    s = Settings.load(f, environ={})
+    assert s["grpc.address"] == "[::]:50051"  # `port` is the gRPC bind address
+    assert s["http.port"] == 8080  # untouched by `port`
+    assert str(s.storage) == "/home/jk-97/aiserving_storage"
+    assert s["preheat"] == "/home/jk-97/aiserving_storage/preheat.jpeg"
+    assert s.redis_url == "redis://localhost:6379"
+    assert (s["be.tfsrv.grpc_port"], s["be.tfsrv.rest_port"]) == (8500, 8501)
+    assert s["be.tfsrv.adapter"] == "restful"
+    assert s["be.trpy.mixed_mode"] is True and s["be.trpy.device"] == "cuda"
+    assert s["be.rknnpy.target"] == "rk3399pro"
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"AISRV_PORT": "127.0.0.1:6000"}, "127.0.0.1:6000"),  # the legacy spelling
+    ({"AISRV_PORT": "6000", "AISRV_GRPC_ADDRESS": "127.0.0.1:7000"}, "127.0.0.1:7000"),
+    ({"AISRV_GRPC_ADDRESS": "7001"}, "[::]:7001"),  # a bare port
+])
+def test_grpc_address_from_the_environment(tmp_path, environ, expected):
+    f = tmp_path / "settings.py"
+    f.write_text(LEGACY_TEMPLATE)
+    assert Settings.load(f, environ=environ)["grpc.address"] == expected
+
+
+def test_a_bad_legacy_port_names_the_key(tmp_path):
+    f = tmp_path / "settings.py"
+    f.write_text("settings = {'port': '[::]:fifty'}\n")
+    with pytest.raises(ConfigError, match="'port' in settings.py"):
+        Settings.load(f, environ={})

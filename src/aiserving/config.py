@@ -110,14 +110,15 @@ SETTINGS: tuple[Setting, ...] = (
             "CPU threads per inference process of the TensorFlow, TF-Lite, ONNX and MXNet "
             "backends; 0: half the cores (at least 1), as for PyTorch.", _non_negative),
     # --- new keys ---
-    Setting("http.host", "127.0.0.1", "str",
-            "Address the REST front binds to (legacy settings key `port` sets `http.port`)."),
+    Setting("http.host", "127.0.0.1", "str", "Address the REST front binds to."),
     Setting("http.port", 8080, "int", "REST port (`--port` overrides).",
             lambda v: None if 0 < v < 65536 else "must be a TCP port between 1 and 65535"),
     Setting("http.workers", 2, "int", "gunicorn worker processes of the REST front.", _positive),
     Setting("http.threads", 32, "int",
             "Threads per REST worker; each blocking `/detect` holds one while it waits.", _positive),
-    Setting("grpc.address", "[::]:50051", "str", "gRPC listen address (`host:port`).",
+    Setting("grpc.address", "[::]:50051", "str",
+            "gRPC listen address (`host:port`; a bare port means `[::]:port`). The old "
+            "product's settings key `port` and variable `AISRV_PORT` set it too.",
             lambda v: None if v.rpartition(":")[2].isdigit() else "must be host:port"),
     Setting("grpc.threads", 16, "int", "Threads serving gRPC calls.", _positive),
     Setting("grpc.load_timeout_s", 300.0, "float",
@@ -128,7 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("import.max_bytes", 2 * 1024 ** 3, "int",
             "Most bytes a model archive may unpack to; larger archives are refused.", _positive),
     Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
-            "Largest inline image (gRPC InferenceRemote) accepted.", _positive),
+            "Largest input accepted: an inline one (gRPC InferenceRemote) or a file named by "
+            "`/detect` or InferenceLocal.", _positive),
     Setting("node.name", "", "str",
             "Name of this node in a shared redis. Empty: the host name. Two nodes sharing "
             "one redis need different names."),
@@ -165,7 +167,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
-_ALIASES = {"port": "http.port"}  # legacy settings.py keys
+# The old product's settings.py key `port` is its gRPC bind address ("[::]:50051").
+_ALIASES = {"port": "grpc.address"}  # legacy settings.py key -> key
+_ENV_ALIASES = {"AISRV_PORT": "grpc.address"}  # legacy spelling; the key's own variable wins
 
 
 def env_name(key: str) -> str:
@@ -241,11 +245,14 @@ class Settings:
         if path:
             path = Path(path).resolve()
             base = path.parent
-            for key, value in _read_file(path).items():
-                key = _ALIASES.get(key, key)
+            for name, value in _read_file(path).items():
+                key = _ALIASES.get(name, name)
                 if key not in _BY_KEY:
                     raise ConfigError(f"{path} has unknown setting '{key}'.")
-                raw[key] = (value, f"'{key}' in {path.name}")
+                raw[key] = (value, f"'{name}' in {path.name}")
+        for name, key in _ENV_ALIASES.items():
+            if name in environ:
+                raw[key] = (environ[name], name)
         for setting in SETTINGS:
             name = env_name(setting.key)
             if name in environ:
@@ -258,6 +265,8 @@ class Settings:
             value, where = raw.get(setting.key, (setting.default, f"default of '{setting.key}'"))
             try:
                 value = _convert(setting, value)
+                if setting.key == "grpc.address" and value.strip().isdigit():
+                    value = f"[::]:{value.strip()}"  # a bare port, as some old files have it
             except (ValueError, TypeError, json.JSONDecodeError):
                 raise ConfigError(f"Setting {where} is {value!r}, which is not a valid {setting.kind}.") from None
             complaint = setting.check(value) if setting.check else None

@@ -2,6 +2,13 @@
 
 The REST front and the gRPC Inference service refuse unusable input here,
 before it takes a queue slot, and queue jobs the same way.
+
+Only cheap checks are made on the node's side: a path must be absolute and
+name a readable regular file within the size limit. What the file holds is the
+bundle's business -- vendors' bundles read raw sensor frames, `.npy` arrays and
+formats OpenCV reads and Pillow does not -- unless the bundle declares in its
+`modelext` that its input is a picture (`"input": "image"`): then a file Pillow
+cannot identify is refused here, before it is queued.
 """
 
 from __future__ import annotations
@@ -9,7 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import os
+import stat
 import time
 
 from PIL import Image, UnidentifiedImageError
@@ -18,37 +27,58 @@ from aiserving.broker import Broker
 from aiserving.errors import InputError, NotReady
 
 
-def check_image_path(path: str) -> None:
+def wants_image(backend: dict) -> bool:
+    """Whether the bundle the backend runs declares picture input (`modelext` input "image")."""
+    model = backend.get("model") or {}
+    text = model.get("modelext") or ""
+    if '"input"' not in text:  # most bundles: no parse on the request path
+        return False
+    try:
+        ext = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(ext, dict) and ext.get("input") == "image"
+
+
+def check_input_path(path: str, backend: dict, max_bytes: int) -> None:
     if not isinstance(path, str) or not path:
-        raise InputError("an absolute image path is required")
+        raise InputError("an absolute input file path is required")
     if not os.path.isabs(path):
         raise InputError(f"path {path!r} is not absolute")
-    if not os.path.isfile(path):
-        raise InputError(f"no file at {path}")
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise InputError(f"no file at {path}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path} is not a regular file")
+    if info.st_size > max_bytes:
+        raise InputError(f"file {path} is larger than {max_bytes} bytes")
     if not os.access(path, os.R_OK):
         raise InputError(f"file {path} is not readable by the node")
-    try:
-        with Image.open(path) as image:
-            image.format  # the header alone tells; pixels are left to the bundle
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise InputError(f"file {path} is not an image") from None
+    if wants_image(backend):
+        try:
+            with Image.open(path) as image:
+                image.format  # the header alone tells; pixels are left to the bundle
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise InputError(f"file {path} is not an image") from None
 
 
-def decode_image(text: str, kind: str, max_bytes: int) -> bytes:
-    """Inline base64 image bytes, checked in memory (never written under a caller's name)."""
+def decode_inline(text: str, kind: str, backend: dict, max_bytes: int) -> bytes:
+    """Inline base64 input bytes, checked in memory (never written under a caller's name)."""
     if not text:
-        raise InputError("field 'base64' (the image, base64-encoded) is empty")
+        raise InputError("field 'base64' (the input, base64-encoded) is empty")
     if len(text) > max_bytes * 4 // 3 + 4:
-        raise InputError(f"the image is larger than {max_bytes} bytes")
+        raise InputError(f"the input is larger than {max_bytes} bytes")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InputError("field 'base64' is not valid base64") from None
-    try:
-        with Image.open(io.BytesIO(data)):
-            pass  # identifying the format is the check; pixels are left to the bundle
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise InputError(f"the decoded data is not an image (type {kind!r} was given)") from None
+    if wants_image(backend):
+        try:
+            with Image.open(io.BytesIO(data)):
+                pass  # identifying the format is the check; pixels are left to the bundle
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise InputError(f"the decoded data is not an image (type {kind!r} was given)") from None
     return data
 
 

@@ -104,7 +104,13 @@ class Worker:
         return Pipeline(bundle, vendor, backend)
 
     def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:
-        item = Item({"uuid": "preheat", "path": self.spec["preheat"]})
+        # The bundle's own input first: it knows what its pre-processing reads. Then
+        # the backend's (or else the node-wide) `preheat` image.
+        try:
+            own = pipeline.bundle.preheat_file()
+        except AiservingError as exc:
+            return ProcStatus.ERROR, exc.message
+        item = Item({"uuid": "preheat", "path": str(own or self.spec["preheat"])})
         pipeline.run([item])
         if item.error is None:
             return ProcStatus.RUNNING, ""

@@ -46,11 +46,13 @@ def test_relative_path(served):
     _still_serves(node, good)
 
 
-def test_file_that_is_not_an_image(served):
+def test_file_the_bundle_cannot_read(served):
+    # What a file holds is the bundle's business (it declares no picture input).
     node, root, good = served
     text = root / "notes.jpg"
     text.write_text("this is not a picture")
-    _fails(node.detect(text), 400, "is not an image")
+    _fails(node.detect(text), 422, "pre-processing failed", "UnidentifiedImageError")
+    _fails(node.detect(root), 400, "not a regular file")
     _still_serves(node, good)
 
 

@@ -19,7 +19,7 @@ import aiserving
 from aiserving import broker as brk
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
-from aiserving.intake import check_image_path, submit
+from aiserving.intake import check_input_path, submit
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     broker = brk.Broker(settings.redis_url, settings["node.name"],
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"])
     timeout = float(settings["request.timeout_s"])
+    max_input = settings["request.max_image_bytes"]
     app = Flask("aiserving")
 
     @app.errorhandler(AiservingError)
@@ -56,10 +57,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         body = _body()
         path = body.get("path")
         if not isinstance(path, str) or not path:
-            raise BadRequest("field 'path' (absolute path of an image) is required")
-        check_image_path(path)
+            raise BadRequest("field 'path' (absolute path of the input file) is required")
+        backend = broker.backend(_opt_str(body, "bid"))
+        check_input_path(path, backend, max_input)
         uuid = uuidlib.uuid4().hex
-        submit(broker, broker.backend(_opt_str(body, "bid")), uuid, path=path, reply=True)
+        submit(broker, backend, uuid, path=path, reply=True)
         reply = broker.wait_reply(uuid, timeout)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "

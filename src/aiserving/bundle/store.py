@@ -34,6 +34,24 @@ class Bundle:
             raise BundleError(f"bundle {self.fullhash}: file '{name}' is missing")
         return path
 
+    def preheat_file(self) -> Path | None:
+        """The bundle's own warm-up input, if it carries one.
+
+        `modelext` `"preheat": "<file in the bundle folder>"` names it; otherwise a
+        file named `preheat.<anything>` in the bundle folder is taken (the first by
+        name). A bundle whose pre-processing reads something other than pictures
+        warms up on what it reads.
+        """
+        named = self.record.ext.get("preheat")
+        if named:
+            path = (self.path / str(named)).resolve()
+            if not path.is_relative_to(self.path.resolve()) or not path.is_file():
+                raise BundleError(f"bundle {self.fullhash}: modelext 'preheat' names "
+                                  f"{named!r}, which is not a file in the bundle folder")
+            return path
+        found = sorted(p for p in self.path.glob("preheat.*") if p.is_file())
+        return found[0] if found else None
+
 
 def _version_key(version: str):
     return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -72,6 +72,13 @@ class BackendService(backend_pb2_grpc.BackendServicer):
         _refuse_encrypted(request)
         args = self._backend_args(request.backend)
         bundle = self.node.store.load(*_ref(implhash, version))
+        bid = request.backend.bid
+        if bid and bid in {b["bid"] for b in self.node.all_backends()}:
+            # The old product's behaviour: a bid naming a backend that exists loads the
+            # model there (as ReloadModelOnBackend, but waiting) and answers that bid.
+            self.node.load_model(bid, bundle)
+            self.node.wait_running(bid, self.node.settings["grpc.load_timeout_s"])
+            return bid
         return self.node.create_and_load(
             args.pop("impl") or bundle.record.impl, bundle,
             timeout=self.node.settings["grpc.load_timeout_s"], **args)

@@ -1,12 +1,16 @@
-"""gRPC Inference service: jobs on the same path as REST; results in redis db 5 under uuid."""
+"""gRPC Inference service: jobs on the same path as REST; results in redis db 5 under uuid.
+
+As the old product did, every refusal of these two rpcs carries the rpc's own
+code (110 local, 111 remote): an unknown `bid` as much as a missing field. A
+full queue is not the caller's input: it answers 1 (runtime error), retry later.
+"""
 
 from __future__ import annotations
 
-import uuid as uuidlib
-
 from aiserving.api.grpc.mapping import result
 from aiserving.api.grpc.protocol import inference_pb2_grpc
-from aiserving.intake import check_image_path, decode_image, submit
+from aiserving.errors import BackendNotFound, InputError, QueueFull
+from aiserving.intake import check_input_path, decode_inline, submit
 
 LOCAL_INPUT_ERROR = 110
 REMOTE_INPUT_ERROR = 111
@@ -18,19 +22,36 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     def InferenceLocal(self, request, context):
         def local():
-            check_image_path(request.path)
-            return self._queue(request, path=request.path)
-        return result(LOCAL_INPUT_ERROR, local)
+            backend = self._backend(request.bid)
+            _require(request, "uuid", "path")
+            check_input_path(request.path, backend, self.node.settings["request.max_image_bytes"])
+            return self._queue(backend, request, path=request.path)
+        return result(LOCAL_INPUT_ERROR, local, keep=(QueueFull,))
 
     def InferenceRemote(self, request, context):
         def remote():
-            data = decode_image(request.base64, request.type,
-                                self.node.settings["request.max_image_bytes"])
-            return self._queue(request, image=data, kind=request.type)
-        return result(REMOTE_INPUT_ERROR, remote)
+            backend = self._backend(request.bid)
+            _require(request, "uuid", "base64", "type")
+            data = decode_inline(request.base64, request.type, backend,
+                                 self.node.settings["request.max_image_bytes"])
+            return self._queue(backend, request, image=data, kind=request.type)
+        return result(REMOTE_INPUT_ERROR, remote, keep=(QueueFull,))
 
-    def _queue(self, request, **job) -> str:
-        # Returns at once; `msg` is the uuid the result will be stored under.
-        uuid = request.uuid or uuidlib.uuid4().hex
-        submit(self.node.broker, self.node.backend(request.bid), uuid, **job)
-        return uuid
+    def _backend(self, bid: str) -> dict:
+        try:
+            return self.node.backend(bid)
+        except BackendNotFound as exc:
+            raise InputError(f"failed to find backend: {exc.message}") from None
+
+    def _queue(self, backend: dict, request, **job) -> str:
+        # Returns at once; `msg` is the uuid the result will be stored under in db 5.
+        submit(self.node.broker, backend, request.uuid, **job)
+        return request.uuid
+
+
+def _require(request, *fields: str) -> None:
+    # proto3 cannot tell a field left out from an empty one; the old product
+    # (MessageToDict) treated both as absent.
+    missing = [f for f in fields if not getattr(request, f)]
+    if missing:
+        raise InputError(f"lack of data: field(s) {', '.join(missing)} required")

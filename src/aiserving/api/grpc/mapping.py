@@ -2,8 +2,9 @@
 
 rpcs that answer `ResultReply` carry the legacy code in it: a few errors keep
 their own code wherever they happen (limits 100, too many backends 101,
-already running 102, malformed fullhash 103, backend lookup 109, a full queue);
-any other error takes the code of the rpc (104 import, 105 delete, ...). Other
+already running 102, malformed fullhash 103, a full queue); any other error
+takes the code of the rpc (104 import, 105 delete, 107 reload, 108 terminate,
+110/111 inference, ...) -- an unknown bid too, as the old product answered. Other
 rpcs answer a gRPC status. No traceback leaves the node: they go to the log.
 """
 
@@ -15,24 +16,29 @@ from typing import Callable
 import grpc
 
 from aiserving.api.grpc.protocol import common_pb2
-from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BackendRunning,
-                              BadFullhash, QueueFull, TooManyBackends)
+from aiserving.errors import (AiservingError, BackendLimit, BackendRunning, BadFullhash,
+                              QueueFull, TooManyBackends)
 
 log = logging.getLogger(__name__)
 
-_KEEP_CODE = (BackendLimit, TooManyBackends, BackendRunning, BadFullhash, BackendNotFound, QueueFull)
+_KEEP_CODE = (BackendLimit, TooManyBackends, BackendRunning, BadFullhash, QueueFull)
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
            409: grpc.StatusCode.ALREADY_EXISTS, 422: grpc.StatusCode.FAILED_PRECONDITION,
            503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-def result(rpc_code: int, operation: Callable[[], str | None]) -> "common_pb2.ResultReply":
-    """Run an operation; its return value is `msg`, its error a legacy code."""
+def result(rpc_code: int, operation: Callable[[], str | None],
+           keep: tuple = _KEEP_CODE) -> "common_pb2.ResultReply":
+    """Run an operation; its return value is `msg`, its error a legacy code.
+
+    Errors of the classes in `keep` answer their own code; any other error
+    answers `rpc_code`.
+    """
     try:
         return common_pb2.ResultReply(code=0, msg=operation() or "")
     except AiservingError as exc:
-        code = exc.code if isinstance(exc, _KEEP_CODE) else rpc_code
+        code = exc.code if isinstance(exc, keep) else rpc_code
         return common_pb2.ResultReply(code=code, msg=exc.message)
     except Exception:
         log.exception("gRPC operation failed")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiserving.api.grpc.mapping import result
 from aiserving.api.grpc.protocol import info_dict, model_info, model_pb2, model_pb2_grpc
-from aiserving.errors import ModelInUse
+from aiserving.errors import BadRequest, ModelInUse
 
 # Legacy ResultReply codes of these rpcs (contract, section 3).
-IMPORT_ERROR = 104  # also CreateModel: it makes a model, like an import
+IMPORT_ERROR = 104
 DELETE_ERROR = 105
 UPDATE_ERROR = 112
-RUNTIME_ERROR = 1
+RUNTIME_ERROR = 1  # CreateModel and ExportModelImage: the old product's code for them
 
 
 class ModelService(model_pb2_grpc.ModelServicer):
@@ -24,7 +24,7 @@ class ModelService(model_pb2_grpc.ModelServicer):
             model_info(r.to_dict(), f"{r.implhash}/{r.version}") for r in self.catalog.records()])
 
     def CreateModel(self, request, context):
-        return result(IMPORT_ERROR, lambda: self.catalog.create(info_dict(request)).fullhash)
+        return result(RUNTIME_ERROR, lambda: self.catalog.create(info_dict(request)).fullhash)
 
     def DistroConfig(self, request, context):
         def update():
@@ -35,7 +35,12 @@ class ModelService(model_pb2_grpc.ModelServicer):
 
     def DeleteModel(self, request, context):
         def delete():
-            implhash, version = self.catalog.resolve_ref(info_dict(request))
+            info = info_dict(request)
+            if not info["version"]:
+                # Not "the newest": a request that leaves the version out must not
+                # delete whichever version happens to be newest.
+                raise BadRequest("field 'version' is required to delete a model")
+            implhash, version = self.catalog.resolve_ref(info)
             users = self.node.users_of(implhash, version)
             if users:
                 raise ModelInUse(f"model {implhash}-{version} is in use by backend(s) "
