@@ -26,7 +26,8 @@ from google.protobuf.json_format import ParseDict
 from PIL import Image
 
 from tests.support.bundles import reference, tiny_model, write_bundle, write_image
-from tests.support.grpc_client import Client, backend_pb2, common_pb2, inference_pb2, model_pb2
+from tests.support.grpc_client import (Client, backend_pb2, common_pb2, exchange_pb2,
+                                       inference_pb2, model_pb2)
 from tests.support.node import NodeProcess, free_port
 
 TEMPLATE = textwrap.dedent('''\
@@ -252,6 +253,20 @@ def test_model_rpcs_with_fields_left_out(device):
     exported = _call(c.model.ExportModelImage, model_pb2.ModelInfo,
                      {"implhash": legacy.record.implhash, "version": "1"})
     assert (exported.code, exported.msg) == (0, legacy.record.implhash)
+    arrays = device["arrays"].record.implhash
+    assert _call(c.model.ExportModelImage, model_pb2.ModelInfo,
+                 {"implhash": arrays, "version": "1"}).code == 0
+    # One DownloadBin stream asking for two images in turn, as old clients may.
+    answers = list(c.exchange.DownloadBin(iter([
+        ParseDict({"uuid": legacy.record.implhash}, exchange_pb2.BinData()),
+        ParseDict({"uuid": arrays}, exchange_pb2.BinData())])))
+    ends = [n for n, a in enumerate(answers) if a.size == 0]
+    assert len(ends) == 2 and ends[-1] == len(answers) - 1
+    exports = device["node"].storage / "run" / "exports"
+    for name, part in ((legacy.record.implhash, answers[:ends[0]]),
+                       (arrays, answers[ends[0] + 1:ends[1]])):
+        assert {a.uuid for a in part} == {name}
+        assert b"".join(a.pack.block for a in part) == (exports / f"{name}.tar.gz").read_bytes()
     unknown = _call(c.model.ImportModelDistro, model_pb2.ModelInfo,
                     {"bundle": "no-such-upload", "implhash": legacy.record.implhash,
                      "version": "9"})

@@ -46,13 +46,19 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                     self.uploads.discard(upload.id)
 
     def DownloadBin(self, request_iterator, context):
-        """The client names an exported image (its implhash); chunks, then size=0."""
-        first = next(iter(request_iterator), None)
-        name = first.uuid if first is not None else ""
-        path = self.catalog.export_path(name)
-        if path is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"no exported image {name!r}: call ExportModelImage first")
+        """Each request names an exported image (its implhash): its chunks, then size=0.
+
+        Like the old product, one stream may ask for several images in turn.
+        """
+        for request in request_iterator:
+            path = self.catalog.export_path(request.uuid)
+            if path is None:
+                context.abort(grpc.StatusCode.NOT_FOUND,
+                              f"no exported image {request.uuid!r}: call ExportModelImage first")
+            yield from self._chunks(request.uuid, path)
+
+    @staticmethod
+    def _chunks(name: str, path):
         total = path.stat().st_size
         index = 0
         with open(path, "rb") as fh:
