@@ -78,13 +78,16 @@ class Appliance:
         from aiserving.api.grpc.server import GrpcServer  # fails fast if protos are not generated
 
         self.grpc = GrpcServer(self.node).start()
-        self._autoload()
+        self._autoload(self.node.restore())
         self._start_front(url)
 
-    def _autoload(self) -> None:
+    def _autoload(self, restored: set[str]) -> None:
+        """`autoload` models not already brought back with the backends of the last run."""
         for ref in self.settings["autoload"]:
             try:
                 bundle = self.node.store.resolve(ref)
+                if bundle.fullhash in restored:
+                    continue
                 bid = self.node.switch(btype=bundle.record.backend_type, model=bundle.fullhash)
             except AiservingError as exc:
                 raise ConfigError(f"Setting 'autoload' names {ref!r}, which cannot be loaded: "
@@ -103,7 +106,8 @@ class Appliance:
                "--bind", f"{s['http.host']}:{s['http.port']}",
                "--workers", str(s["http.workers"]), "--worker-class", "gthread",
                "--threads", str(s["http.threads"]),
-               "--timeout", str(int(s["request.timeout_s"]) + 30), "--graceful-timeout", "10",
+               "--timeout", str(int(s["request.timeout_s"]) + 30),
+               "--graceful-timeout", str(int(s.grace_s + 0.999)),
                "--log-level", "debug" if debug else "warning"]
         if debug:
             cmd += ["--access-logfile", "-"]
@@ -128,12 +132,21 @@ class Appliance:
         raise ConfigError(f"The REST front did not answer on {url} within 30 s.")
 
     def stop(self) -> None:
-        stop_process(self.front, 15)
+        """Stop taking requests, answer what was taken, then stop.
+
+        The REST front stops accepting and finishes its requests (gunicorn's
+        graceful timeout is the grace period) while the workers still serve them;
+        the gRPC server likewise; then the workers drain what is still queued.
+        """
+        grace = self.settings.grace_s
         if self.grpc is not None:
-            self.grpc.stop()
+            self.grpc.server.stop(grace)  # no new calls from here on; running ones go on
+        stop_process(self.front, grace + 10)
+        if self.grpc is not None:
+            self.grpc.stop(grace)
             self.grpc = None
         if self.node is not None:
-            self.node.stop()
+            self.node.stop(drain_s=grace)
             self.node = None
         if self.redis is not None:
             self.redis.stop()

@@ -131,6 +131,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
             "Largest input accepted: an inline one (gRPC InferenceRemote) or a file named by "
             "`/detect` or InferenceLocal.", _positive),
+    Setting("request.max_pixels", 100_000_000, "int",
+            "Most pixels an image may have: Pillow (in the front and in vendor code) and "
+            "OpenCV refuse larger ones from their header, before decoding, so a "
+            "decompression bomb is a clear 4xx error, not a node out of memory.", _positive),
+    Setting("http.max_body_bytes", 1024 * 1024, "int",
+            "Largest REST request body; a larger one is refused with 413 before it is read.",
+            _positive),
     Setting("node.name", "", "str",
             "Name of this node in a shared redis. Empty: the host name. Two nodes sharing "
             "one redis need different names."),
@@ -147,6 +154,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Most jobs waiting or in flight per model; past it requests get 503 at once.", _positive),
     Setting("request.timeout_s", 60.0, "float",
             "Longest a blocking `/detect` waits for its result.", _positive),
+    Setting("shutdown.grace_s", 0.0, "float",
+            "On SIGTERM, how long the node keeps answering what it accepted before it exits: "
+            "the REST front finishes its requests, then the workers the queued jobs. Never "
+            "shorter than `request.timeout_s` (0: `request.timeout_s` + 5 s).", _non_negative),
     Setting("result.ttl_s", 3600, "int",
             "Seconds a result stays in redis db 5 under its uuid.", _positive),
     Setting("worker.claim_idle_ms", 30000, "int",
@@ -221,6 +232,12 @@ class Settings:
     @property
     def storage(self) -> Path:
         return Path(self._values["storage"])
+
+    @property
+    def grace_s(self) -> float:
+        """The effective shutdown grace period (see `shutdown.grace_s`)."""
+        timeout = float(self._values["request.timeout_s"])
+        return max(float(self._values["shutdown.grace_s"]) or timeout + 5.0, timeout)
 
     @property
     def redis_url(self) -> str | None:

@@ -20,11 +20,30 @@ import json
 import os
 import stat
 import time
+import warnings
 
 from PIL import Image, UnidentifiedImageError
 
 from aiserving.broker import Broker
 from aiserving.errors import InputError, NotReady
+
+
+def limit_pixels(max_pixels: int) -> None:
+    """Refuse images over `max_pixels` from their header, in this process.
+
+    Pillow only warns between its limit and twice it; the warning is made an
+    error so the limit is exact. OpenCV reads its limit from the environment
+    when it is first imported, so this runs before any vendor code does.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
+
+
+def _identify(source) -> None:
+    """Open the image header (pixels are left to the bundle)."""
+    with Image.open(source) as image:
+        image.format
 
 
 def wants_image(backend: dict) -> bool:
@@ -57,8 +76,9 @@ def check_input_path(path: str, backend: dict, max_bytes: int) -> None:
         raise InputError(f"file {path} is not readable by the node")
     if wants_image(backend):
         try:
-            with Image.open(path) as image:
-                image.format  # the header alone tells; pixels are left to the bundle
+            _identify(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"file {path} is refused: {exc}") from None
         except (UnidentifiedImageError, OSError, ValueError):
             raise InputError(f"file {path} is not an image") from None
 
@@ -75,8 +95,9 @@ def decode_inline(text: str, kind: str, backend: dict, max_bytes: int) -> bytes:
         raise InputError("field 'base64' is not valid base64") from None
     if wants_image(backend):
         try:
-            with Image.open(io.BytesIO(data)):
-                pass  # identifying the format is the check; pixels are left to the bundle
+            _identify(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"the image is refused: {exc}") from None
         except (UnidentifiedImageError, OSError, ValueError):
             raise InputError(f"the decoded data is not an image (type {kind!r} was given)") from None
     return data

@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from aiserving.bundle.store import Bundle, BundleStore
 from aiserving.config import Settings
 from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BackendRunning,
                               BadRequest, ModelLoadFailed, TooManyBackends, UnsupportedBackend)
+from aiserving.intake import limit_pixels
+from aiserving.saved_state import SavedState
 from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
 from aiserving.supervisor import WorkerProcess
 
@@ -124,17 +127,25 @@ class Node:
         self.backends: dict[str, BackendEntry] = {}
         self.orphans: list[Generation] = []  # generations of terminated backends, draining
         self._next_bid = 0
+        self.rest_bid: str | None = None  # the backend legacy REST calls go to
+        self.saved = SavedState(settings.storage)
+        # Nothing is saved before the saved state was read back (restore), nor once the
+        # node is stopping: what ran before the stop is what the next start restores.
+        self._saving = False
         self._next_gen = 0
         self._published: dict[str, str] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.preheat = settings["preheat"] or str(_default_preheat(settings.storage / "run"))
+        limit_pixels(settings["request.max_pixels"])  # the gRPC Inference service checks here
 
     # --- life ---------------------------------------------------------------------
 
     def start(self) -> None:
         # Probe the frameworks now (each in a child process) rather than on the first request.
         threading.Thread(target=supported_types, name="probe", daemon=True).start()
+        # Inline inputs left by a node that did not stop cleanly: no job will read them.
+        shutil.rmtree(self.settings.storage / "run" / "tmp", ignore_errors=True)
         self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.commands)
         self.db.set(self.keys.alive, "1", ex=5)
         for target, name in ((self._supervise, "supervisor"), (self._serve_commands, "commands")):
@@ -145,6 +156,7 @@ class Node:
     def stop(self, drain_s: float = 20.0) -> None:
         """Stop every inference process (each drains its queue first), then the threads."""
         with self.lock:
+            self._saving = False
             for entry in self.backends.values():
                 entry.state = BackendState.EXITING
                 for gen in entry.generations():
@@ -171,7 +183,8 @@ class Node:
     # --- operations (REST and gRPC doors) -------------------------------------------
 
     def create_backend(self, impl: str, batchsize: int = 0, inferprocnum: int = 0,
-                       device: str = "", preheat: str = "") -> str:
+                       device: str = "", preheat: str = "", bid: str = "") -> str:
+        """A new backend; `bid` only when restoring one a previous run had."""
         type_name = impl.split(".", 1)[0]
         if not type_name:
             raise BadRequest("a backend type is required to create a backend")
@@ -183,8 +196,9 @@ class Node:
             if len(self.backends) >= self.settings["backend.max_count"]:
                 raise TooManyBackends(f"this node already runs {len(self.backends)} backends "
                                       f"(backend.max_count)")
-            bid = str(self._next_bid)
-            self._next_bid += 1
+            if not bid:
+                bid = str(self._next_bid)
+            self._next_bid = max(self._next_bid, int(bid) + 1 if bid.isdigit() else 0)
             self.backends[bid] = BackendEntry(bid, impl, batchsize, inferprocnum, device,
                                               preheat or self.preheat)
             self._publish()
@@ -245,7 +259,10 @@ class Node:
             except AiservingError:
                 self.terminate_backend(bid)
                 raise
-        self.db.set(self.keys.rest_bid, bid)
+        with self.lock:
+            self.rest_bid = bid
+            self.db.set(self.keys.rest_bid, bid)
+            self._publish()
         return bid
 
     def create_and_load(self, impl: str, bundle: Bundle, *, batchsize: int = 0,
@@ -310,8 +327,11 @@ class Node:
                 self.orphans.append(gen)
             del self.backends[bid]
             self._publish()
-        if self.db.get(self.keys.rest_bid) == bid.encode():
-            self.db.delete(self.keys.rest_bid)
+        with self.lock:
+            if self.rest_bid == bid:
+                self.rest_bid = None
+                self.db.delete(self.keys.rest_bid)
+                self._publish()
         log.info("terminated backend %s", bid)
 
     def backend(self, bid: str) -> dict:
@@ -383,7 +403,8 @@ class Node:
             return
         cur = entry.current
         if cur is None:
-            entry.state = BackendState.INITIALIZED
+            if entry.state != BackendState.ERROR:  # e.g. a model that could not be restored
+                entry.state = BackendState.INITIALIZED
             return
         if cur.failed:
             cur.stop()
@@ -407,8 +428,66 @@ class Node:
         else:
             entry.state = BackendState.LOADING
 
+    def restore(self) -> set[str]:
+        """Bring back the backends of the previous run and start loading their models.
+
+        Returns the fullhashes being loaded. A model that cannot be loaded any more
+        leaves its backend in error with the reason; the others come back anyway.
+        """
+        state = self.saved.load()
+        with self.lock:
+            self._saving = True
+        if not state:
+            return set()
+        loading = set()
+        for saved in state["backends"]:
+            try:
+                bid = self.create_backend(saved["impl"], saved["batchsize"], saved["inferprocnum"],
+                                          saved.get("device", ""), saved.get("preheat", ""),
+                                          bid=str(saved["bid"]))
+            except (AiservingError, KeyError, TypeError, ValueError) as exc:
+                log.error("cannot restore backend %s: %s", saved.get("bid"),
+                          getattr(exc, "message", exc))
+                continue
+            model = saved.get("model")
+            if not model:
+                continue
+            try:
+                self.load_model(bid, self.store.resolve(model))
+                loading.add(model)
+            except AiservingError as exc:
+                log.error("backend %s: cannot restore model %s: %s", bid, model, exc.message)
+                with self.lock:
+                    entry = self.backends[bid]
+                    entry.state, entry.msg = BackendState.ERROR, f"model {model} could not be " \
+                        f"restored after a restart: {exc.message}"
+                    self._publish()
+        with self.lock:
+            if state.get("rest_bid") in self.backends:
+                self.rest_bid = state["rest_bid"]
+                self.db.set(self.keys.rest_bid, self.rest_bid)
+        log.info("restored %d backend(s) from %s", len(self.backends), self.saved.path)
+        return loading
+
+    def _save_state(self) -> None:
+        """What to restore after a restart (called with the lock held)."""
+        if not self._saving:
+            return
+        backends = []
+        for e in self.backends.values():
+            if e.state == BackendState.EXITING:
+                continue
+            # The model asked for last, unless its load failed: then what still serves.
+            gen = e.current if e.current is not None and not e.current.failed else e.serving
+            backends.append({"bid": e.bid, "impl": e.impl, "batchsize": e.batchsize,
+                             "inferprocnum": e.inferprocnum, "device": e.device,
+                             "preheat": "" if e.preheat == self.preheat else e.preheat,
+                             "model": gen.bundle.fullhash if gen else None})
+        self.saved.save(backends, self.rest_bid)
+
     def _publish(self) -> None:
         """Write changed backend records to redis (called with the lock held)."""
+        self._save_state()
         current = {bid: json.dumps(e.public()) for bid, e in self.backends.items()}
         changed = {bid: text for bid, text in current.items() if self._published.get(bid) != text}
         gone = [bid for bid in self._published if bid not in current]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,30 @@ class Timings:
 
 
 def to_json(value: Any) -> str:
-    """JSON text of a post-processing result; numpy values become plain numbers/lists."""
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
+    """JSON text of a post-processing result; numpy values become plain numbers/lists.
+
+    NaN and +/-Infinity, which JSON cannot carry, become `null`: a vendor result
+    holding them still reaches the caller as valid JSON.
+    """
+    try:
+        return json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # only a result holding a non-finite number pays for the walk
+        return json.dumps(_finite(value), default=_json_default, separators=(",", ":"),
+                          allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, np.floating):
+        return _finite(float(value))
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(obj):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from pathlib import Path
 
 from aiserving.status import ProcStatus
-from aiserving.worker import EXIT_LOAD_FAILED, worker_main
+from aiserving.worker import EXIT_LOAD_FAILED, temp_prefix, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class WorkerProcess:
         self.process.join()
         code = self.process.exitcode
         self.process = None
+        self._remove_temp_files()
         self.pump()
         if self.conn is not None:
             self.conn.close()
@@ -95,6 +97,15 @@ class WorkerProcess:
         else:
             self._died(code, now)
         return True
+
+    def _remove_temp_files(self) -> None:
+        """Inline inputs the process had written for jobs it did not finish."""
+        tmp = Path(self.spec["settings"]["storage"]) / "run" / "tmp"
+        for path in tmp.glob(temp_prefix(self.name) + "*"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
     def _died(self, code, now: float) -> None:
         self.deaths.append(now)

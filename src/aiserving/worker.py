@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import tempfile
 import time
@@ -24,6 +25,7 @@ from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
 from aiserving.errors import AiservingError, InferenceError, ProcessingError
+from aiserving.intake import limit_pixels
 from aiserving.logs import setup_logging
 from aiserving.pipeline import Item, Pipeline, to_json
 from aiserving.procutil import die_with_parent
@@ -38,6 +40,11 @@ _POLL_S = 0.001  # while filling a batch
 _DRAIN_GRACE_S = 1.0
 
 
+def temp_prefix(consumer: str) -> str:
+    """Prefix of the temp files one inference process makes under `<storage>/run/tmp/`."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", consumer) + "-"
+
+
 def worker_main(spec: dict, conn, stop_event) -> None:
     """Entry point of a spawned inference process."""
     # The node decides when workers stop (Ctrl-C and group-wide SIGTERM reach us too);
@@ -46,6 +53,7 @@ def worker_main(spec: dict, conn, stop_event) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL)
     setup_logging(spec["settings"]["log.level"], f"worker {spec['consumer']}")
+    limit_pixels(spec["settings"]["request.max_pixels"])  # before any vendor code runs
     Worker(spec, conn, stop_event).run()
 
 
@@ -228,9 +236,9 @@ class Worker:
         if item.error is None:
             try:
                 text = to_json(item.result)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 item.error = ProcessingError(f"post-processing returned a result that is not "
-                                             f"JSON: {exc}")
+                                             f"JSON: {type(exc).__name__}: {exc}")
             else:
                 return (msg_id, item.uuid, job.get("reply") == b"1", text.encode("utf-8"),
                         brk.encode_result(text))
@@ -243,9 +251,11 @@ class Worker:
 
     def _temp_image(self, data: bytes, kind: str) -> str:
         # A private folder and a name of our choosing: never a path built from user input.
+        # The prefix names this process, so the node can remove what it leaves if it dies.
         self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         suffix = "." + kind if kind.isalnum() and len(kind) <= 8 else ""
-        fd, path = tempfile.mkstemp(suffix=suffix, dir=self.tmp_dir)
+        fd, path = tempfile.mkstemp(prefix=temp_prefix(self.consumer), suffix=suffix,
+                                    dir=self.tmp_dir)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return path

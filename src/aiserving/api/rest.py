@@ -19,7 +19,7 @@ import aiserving
 from aiserving import broker as brk
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
-from aiserving.intake import check_input_path, submit
+from aiserving.intake import check_input_path, limit_pixels, submit
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     timeout = float(settings["request.timeout_s"])
     max_input = settings["request.max_image_bytes"]
     app = Flask("aiserving")
+    app.config["MAX_CONTENT_LENGTH"] = settings["http.max_body_bytes"]
+    limit_pixels(settings["request.max_pixels"])
 
     @app.errorhandler(AiservingError)
     def _our_error(exc: AiservingError):
@@ -109,7 +111,12 @@ def _json(payload: dict, status: int = 200) -> Response:
 
 
 def _body() -> dict:
-    body = request.get_json(force=True, silent=True)
+    # Parsed here rather than by Flask: a deeply nested body raises RecursionError,
+    # which is the caller's mistake (400), not the node's (500).
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body

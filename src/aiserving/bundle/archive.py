@@ -113,6 +113,8 @@ def atomic_output(path: Path, mode: int | None = None):
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename makes it visible: power cuts
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
