@@ -52,6 +52,12 @@ class Appliance:
                     log.error("the REST front exited (code %s); stopping the node",
                               self.front.returncode)
                     return 1
+                self._keep_redis()
+                down = self.node.outage.down_for()
+                if down > self.settings["redis.recover_s"]:
+                    log.error("redis has not answered for %.0f s (redis.recover_s): exiting so "
+                              "the box's supervisor restarts the node", down)
+                    return 3
             log.info("stopping")
             return 0
         except ConfigError as exc:
@@ -81,6 +87,18 @@ class Appliance:
         self._autoload(self.node.restore())
         self._start_front(url)
 
+    def _keep_redis(self) -> None:
+        """Restart the embedded redis if it exited; the node republishes its state and
+        the workers recreate their stream groups by themselves."""
+        if self.redis is None or self.redis.process is None or self.redis.process.poll() is None:
+            return
+        log.error("the embedded redis exited (code %s); restarting it",
+                  self.redis.process.returncode)
+        try:
+            self.redis.start()
+        except ConfigError as exc:
+            log.error("cannot restart the embedded redis: %s", exc.message)
+
     def _autoload(self, restored: set[str]) -> None:
         """`autoload` models not already brought back with the backends of the last run."""
         for ref in self.settings["autoload"]:
@@ -104,8 +122,9 @@ class Appliance:
         debug = s["log.level"] == "DEBUG"
         cmd = [sys.executable, "-m", "gunicorn",
                "--bind", f"{s['http.host']}:{s['http.port']}",
-               "--workers", str(s["http.workers"]), "--worker-class", "gthread",
-               "--threads", str(s["http.threads"]),
+               "--workers", str(s["http.workers"]),
+               "--worker-class", "aiserving.api.http_worker.GuardedGeventWorker",
+               "--worker-connections", str(s["http.connections"]), "--keep-alive", "2",
                "--timeout", str(int(s["request.timeout_s"]) + 30),
                "--graceful-timeout", str(int(s.grace_s + 0.999)),
                "--log-level", "debug" if debug else "warning"]

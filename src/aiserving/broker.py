@@ -14,11 +14,16 @@ its own reply list in db 5 (`aisrv:reply:<uuid>`), so nothing polls.
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from typing import Iterable
 
 import redis
 
 from aiserving.errors import AiservingError, BackendNotFound, NotReady, QueueFull
+
+log = logging.getLogger(__name__)
 
 RESULT_DB = 5
 GROUP = "workers"
@@ -40,6 +45,45 @@ def stream_key(fullhash: str) -> str:
 
 def reply_key(uuid: str) -> str:
     return f"aisrv:reply:{uuid}"
+
+
+class Outage:
+    """Whether redis answers, as the threads of one process see it.
+
+    Each loop that talks to redis reports `ok()` or `failed(exc)` instead of
+    dying; the first failure of an outage is logged once, with how long it lasted
+    when it ends. `backoff()` is the pause before the next try.
+    """
+
+    def __init__(self, who: str):
+        self.who = who
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def ok(self) -> bool:
+        """Redis answered; True when that ends an outage."""
+        if self.since is not None:
+            with self._lock:
+                if self.since is not None:
+                    log.warning("%s: redis answers again after %.1f s", self.who,
+                                time.monotonic() - self.since)
+                    self.since = None
+                    return True
+        return False
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if self.since is None:
+                self.since = time.monotonic()
+                log.error("%s: redis does not answer (%s: %s); retrying", self.who,
+                          type(exc).__name__, exc)
+
+    def down_for(self) -> float:
+        since = self.since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def backoff(self) -> float:
+        return min(0.1 * 2 ** min(self.down_for(), 6), 2.0)
 
 
 class NodeKeys:
@@ -166,6 +210,29 @@ class Broker:
             pipe.xack(stream_key(fullhash), GROUP, *ids)
             pipe.xdel(stream_key(fullhash), *ids)
             pipe.execute()
+
+    def fail_pending(self, fullhash: str, consumer: str, ids: list[str],
+                     error: AiservingError) -> list[str]:
+        """Answer jobs a consumer still holds with `error`, and take them off the stream.
+
+        Only jobs still pending for that consumer: one it finished in the meantime
+        keeps its result. Returns the uuids answered.
+        """
+        stream = stream_key(fullhash)
+        rows = []
+        for msg_id in ids:
+            held = self.db.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1,
+                                          consumername=consumer)
+            entry = self.db.xrange(stream, min=msg_id, max=msg_id, count=1) if held else []
+            if not entry:
+                continue
+            fields = entry[0][1]
+            uuid = fields.get(b"uuid", b"").decode()
+            rows.append((msg_id.encode(), uuid, fields.get(b"reply") == b"1",
+                         failure_text(error), encode_error(error)))
+        if rows:
+            self.finish(fullhash, rows)
+        return [r[1] for r in rows]
 
     def forget_consumer(self, fullhash: str, consumer: str) -> None:
         self.db.xgroup_delconsumer(stream_key(fullhash), GROUP, consumer)

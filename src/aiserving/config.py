@@ -67,6 +67,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis port: of the configured redis, or where the embedded one also listens over "
             "TCP (on `redis.bind`) so legacy clients can read results; \"0\": no TCP listener.",
             lambda v: None if v.isdigit() and 0 <= int(v) < 65536 else "must be a TCP port number"),
+    Setting("redis.recover_s", 60.0, "float",
+            "Longest the node keeps running while redis does not answer (an embedded redis "
+            "that exited is restarted at once). Past it the node exits with code 3, so the "
+            "box's supervisor (systemd, Docker) restarts it.", _positive),
     Setting("redis.bind", "127.0.0.1", "str",
             "Address the embedded redis listens on over TCP. It has no password: keep it on "
             "loopback unless the network is trusted."),
@@ -114,8 +118,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.port", 8080, "int", "REST port (`--port` overrides).",
             lambda v: None if 0 < v < 65536 else "must be a TCP port between 1 and 65535"),
     Setting("http.workers", 2, "int", "gunicorn worker processes of the REST front.", _positive),
-    Setting("http.threads", 32, "int",
-            "Threads per REST worker; each blocking `/detect` holds one while it waits.", _positive),
+    Setting("http.connections", 1000, "int",
+            "Most client connections one REST worker process serves at once (gevent "
+            "greenlets: waiting `/detect` calls and idle keep-alive connections included); "
+            "more wait in the listen backlog.", _positive),
+    Setting("http.read_timeout_s", 10.0, "float",
+            "Longest the REST front waits on a client's socket for one read or write (a "
+            "request's headers or body, the answer); slower or half-sent connections are "
+            "closed. Idle keep-alive connections close after 2 s.", _positive),
+    Setting("http.max_waiting_per_model", 0, "int",
+            "Most `/detect` requests one REST worker process keeps waiting on one model; past "
+            "it, 503 at once, so a stuck model cannot take every connection slot from the "
+            "others. 0: half of `http.connections`.", _non_negative),
     Setting("grpc.address", "[::]:50051", "str",
             "gRPC listen address (`host:port`; a bare port means `[::]:port`). The old "
             "product's settings key `port` and variable `AISRV_PORT` set it too.",
@@ -167,8 +181,15 @@ SETTINGS: tuple[Setting, ...] = (
             "A job delivered this many times without finishing (it keeps killing its "
             "worker) is failed instead of retried.", _positive),
     Setting("worker.restart_limit", 5, "int",
-            "Restarts of one inference process within 60 s before its backend is marked "
-            "failed.", _positive),
+            "Deaths of one inference process within 60 s, while loading or idle, before its "
+            "backend is marked failed. Deaths while it runs a batch are charged to the "
+            "batch's jobs (`worker.max_deliveries`), not to the backend.", _positive),
+    Setting("worker.batch_timeout_s", 0.0, "float",
+            "Longest one batch may run (pre, infer, post). Past it the inference process is "
+            "killed and restarted, the request it was stuck on is answered with an error "
+            "(never run again) and the rest of its batch runs again. 0: ten times the "
+            "measured warm-up time of one item times the batch size, at least 10 s.",
+            _non_negative),
     Setting("autoload", [], "list",
             "Models loaded on start, each a fullhash, `implhash/version`, implhash or "
             "distros `name` (env: comma-separated)."),

@@ -104,13 +104,19 @@ def decode_inline(text: str, kind: str, backend: dict, max_bytes: int) -> bytes:
 
 
 def submit(broker: Broker, backend: dict, uuid: str, *, path: str = "", image: bytes = b"",
-           kind: str = "", reply: bool = False) -> None:
-    """Queue one job on the stream of the model the backend serves."""
+           kind: str = "", reply: bool = False, deadline: float | None = None) -> None:
+    """Queue one job on the stream of the model the backend serves.
+
+    `deadline` (wall-clock time) is when its caller stops waiting: a worker that
+    reaches the job later drops it unrun, answering a time-out.
+    """
     serving = backend.get("serving")
     if not serving:
         raise NotReady(f"backend {backend['bid']} has no model running "
                        f"(status: {backend['switch']['status']})")
     fields: dict = {"uuid": uuid, "reply": "1" if reply else "0", "t": repr(time.time())}
+    if deadline is not None:
+        fields["deadline"] = repr(deadline)
     if image:
         fields["image"] = image
         fields["type"] = kind if kind.isalnum() else ""

@@ -22,12 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+import redis
+
 from aiserving import broker as brk
 from aiserving.backends import supported_types
 from aiserving.bundle.store import Bundle, BundleStore
 from aiserving.config import Settings
 from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BackendRunning,
-                              BadRequest, ModelLoadFailed, TooManyBackends, UnsupportedBackend)
+                              BadRequest, InferenceError, ModelLoadFailed, TooManyBackends,
+                              UnsupportedBackend)
 from aiserving.intake import limit_pixels
 from aiserving.saved_state import SavedState
 from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
@@ -135,6 +138,7 @@ class Node:
         self._next_gen = 0
         self._published: dict[str, str] = {}
         self._stopping = threading.Event()
+        self.outage = brk.Outage("node")
         self._threads: list[threading.Thread] = []
         self.preheat = settings["preheat"] or str(_default_preheat(settings.storage / "run"))
         limit_pixels(settings["request.max_pixels"])  # the gRPC Inference service checks here
@@ -385,15 +389,33 @@ class Node:
             if self._stopping.is_set():
                 break
             now = time.monotonic()
+            wall = time.time()
             with self.lock:
                 for p in procs:
                     p.pump()
-                    p.reap(now)
+                    p.watch(wall)
+                    if p.reap(now) and p.hung:
+                        self._answer_hung(p)
                     p.start_if_due(now)
                 for entry in self.backends.values():
                     self._advance(entry)
                 self.orphans = [g for g in self.orphans if not g.finished]
                 self._publish()
+
+    def _answer_hung(self, p: WorkerProcess) -> None:
+        """Answer the jobs a killed, stuck process held, before its successor starts:
+        they are never run again."""
+        fullhash = f"{p.spec['implhash']}-{p.spec['version']}"
+        try:
+            uuids = self.broker.fail_pending(fullhash, p.name, p.hung, InferenceError(p.hang_error))
+        except redis.RedisError as exc:
+            log.error("cannot answer the jobs of stuck process %s: %s", p.name, exc)
+            return  # tried again on the next round; the restart waits for it
+        p.hung = []
+        entry = self.backends.get(p.spec["bid"])
+        if entry is not None:
+            entry.msg = (f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {p.hang_error}; request(s) "
+                         f"{', '.join(uuids) or '(already answered)'} failed")
 
     @staticmethod
     def _advance(entry: BackendEntry) -> None:
@@ -486,26 +508,50 @@ class Node:
         self.saved.save(backends, self.rest_bid)
 
     def _publish(self) -> None:
-        """Write changed backend records to redis (called with the lock held)."""
+        """Write changed backend records to redis (called with the lock held).
+
+        While redis does not answer, `_published` stays empty, so every round of
+        the supervisor tries to publish everything again.
+        """
         self._save_state()
         current = {bid: json.dumps(e.public()) for bid, e in self.backends.items()}
         changed = {bid: text for bid, text in current.items() if self._published.get(bid) != text}
         gone = [bid for bid in self._published if bid not in current]
-        if changed or gone:
+        if changed or gone or (self.rest_bid and not self._published):
             pipe = self.db.pipeline()
+            if self.rest_bid:
+                pipe.set(self.keys.rest_bid, self.rest_bid)
             if changed:
                 pipe.hset(self.keys.backends, mapping=changed)
             if gone:
                 pipe.hdel(self.keys.backends, *gone)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                # Never fails the operation that changed the state: the supervisor
+                # publishes everything again (a restarted redis lost it all) once
+                # redis answers.
+                self.outage.failed(exc)
+                self._published = {}
+                return
+            self.outage.ok()
             self._published = current
 
     def _serve_commands(self) -> None:
         """Commands from the REST front, plus the node's heartbeat."""
         db = brk.connect(self.redis_url)
         while not self._stopping.is_set():
-            db.set(self.keys.alive, "1", ex=5)
-            got = db.blpop([self.keys.commands], timeout=1)
+            try:
+                db.set(self.keys.alive, "1", ex=5)
+                if self.outage.ok():
+                    with self.lock:  # redis may have restarted empty: publish it all again
+                        self._published = {}
+                        self._publish()
+                got = db.blpop([self.keys.commands], timeout=1)
+            except redis.RedisError as exc:
+                self.outage.failed(exc)
+                self._stopping.wait(self.outage.backoff())
+                continue
             if got is None:
                 continue
             try:
@@ -522,7 +568,10 @@ class Node:
                 log.exception("command %s failed", command.get("op"))
                 answer = {"error": AiservingError(f"internal error: {type(exc).__name__}").to_wire()}
             key = brk.NodeKeys.command_reply(cid)
-            db.pipeline().rpush(key, json.dumps(answer)).expire(key, 60).execute()
+            try:
+                db.pipeline().rpush(key, json.dumps(answer)).expire(key, 60).execute()
+            except redis.RedisError as exc:  # its caller got an error of its own already
+                self.outage.failed(exc)
 
     def _run_command(self, op: str, args: dict) -> dict:
         if op == "switch":

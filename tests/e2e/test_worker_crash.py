@@ -46,7 +46,7 @@ def test_sigkill_while_requests_are_queued(storage, tmp_path, start_node):
     assert _wait(lambda: len(node.worker_pids()) == 1)
     assert node.worker_pids() != [victim]
     assert node.get("/api/v1alpha/switch").json()["status"] == "loaded"
-    assert "died (exit code -9)" in node.log()
+    assert "died during a batch (exit code -9)" in node.log()
 
 
 def test_a_request_that_keeps_killing_its_worker_is_failed_alone(storage, tmp_path, start_node):

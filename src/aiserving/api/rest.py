@@ -7,11 +7,15 @@ place where errors become HTTP responses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+import time
 import uuid as uuidlib
 
+import redis
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -34,6 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"])
     timeout = float(settings["request.timeout_s"])
     max_input = settings["request.max_image_bytes"]
+    waiting = WaitingLimit(settings["http.max_waiting_per_model"]
+                           or max(1, settings["http.connections"] // 2))
     app = Flask("aiserving")
     app.config["MAX_CONTENT_LENGTH"] = settings["http.max_body_bytes"]
     limit_pixels(settings["request.max_pixels"])
@@ -43,6 +49,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         response = _json({"status": "failed", "message": exc.message}, exc.http_status)
         if isinstance(exc, QueueFull):
             response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def _no_redis(exc: redis.RedisError):
+        # An outage (redis restarting): a fast, explicit 503, never a hang or a 500.
+        log.warning("redis error on %s %s: %s", request.method, request.path, exc)
+        response = _json({"status": "failed", "message": f"redis is unavailable ({type(exc).__name__}); "
+                          "retry shortly"}, 503)
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.errorhandler(HTTPException)
@@ -63,8 +78,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         backend = broker.backend(_opt_str(body, "bid"))
         check_input_path(path, backend, max_input)
         uuid = uuidlib.uuid4().hex
-        submit(broker, backend, uuid, path=path, reply=True)
-        reply = broker.wait_reply(uuid, timeout)
+        with waiting.slot(backend.get("serving")):
+            submit(broker, backend, uuid, path=path, reply=True, deadline=time.time() + timeout)
+            reply = broker.wait_reply(uuid, timeout)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
                                  f"under uuid {uuid}")
@@ -106,6 +122,34 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+class WaitingLimit:
+    """Requests of this front process waiting on each model, bounded per model.
+
+    A model that is stuck or slow can hold at most `limit` of the process's
+    request slots; the rest stay free for the other models, whose callers see
+    their normal latency. Past the limit a caller gets 503 at once.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, model: str | None):
+        key = model or ""
+        with self._lock:
+            if self._count.get(key, 0) >= self.limit:
+                raise QueueFull(f"{self.limit} requests already wait for model {key} in this "
+                                "front process (http.max_waiting_per_model); retry later")
+            self._count[key] = self._count.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count[key] -= 1
+
+
 def _json(payload: dict, status: int = 200) -> Response:
     return Response(json.dumps(payload), status, mimetype="application/json")
 
@@ -114,7 +158,11 @@ def _body() -> dict:
     # Parsed here rather than by Flask: a deeply nested body raises RecursionError,
     # which is the caller's mistake (400), not the node's (500).
     try:
-        body = json.loads(request.get_data(cache=False))
+        data = request.get_data(cache=False)
+    except OSError:  # the read time-out of a slow or half-sent body
+        raise BadRequest("the request body did not arrive in time") from None
+    try:
+        body = json.loads(data)
     except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):

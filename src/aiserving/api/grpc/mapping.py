@@ -14,6 +14,7 @@ import logging
 from typing import Callable
 
 import grpc
+import redis
 
 from aiserving.api.grpc.protocol import common_pb2
 from aiserving.errors import (AiservingError, BackendLimit, BackendRunning, BadFullhash,
@@ -40,6 +41,9 @@ def result(rpc_code: int, operation: Callable[[], str | None],
     except AiservingError as exc:
         code = exc.code if isinstance(exc, keep) else rpc_code
         return common_pb2.ResultReply(code=code, msg=exc.message)
+    except redis.RedisError as exc:
+        return common_pb2.ResultReply(code=1, msg=f"redis is unavailable ({type(exc).__name__}); "
+                                      "retry shortly")
     except Exception:
         log.exception("gRPC operation failed")
         return common_pb2.ResultReply(code=1, msg="internal error; see the node's log")
@@ -51,6 +55,8 @@ def answer(context, operation: Callable):
         return operation()
     except AiservingError as exc:
         context.abort(_STATUS.get(exc.http_status, grpc.StatusCode.INTERNAL), exc.message)
+    except redis.RedisError as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"redis is unavailable ({type(exc).__name__})")
     except Exception:
         log.exception("gRPC operation failed")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node's log")
