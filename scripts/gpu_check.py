@@ -95,8 +95,8 @@ def check_onnx(work: Path) -> None:
     from aiserving.backends import create_backend
     from tests.support import onnx_models
 
-    bundle = onnx_models.write_onnx_bundle(work / "onnx-storage")
-    x = np.random.default_rng(1).random(onnx_models.batch_shape(8), dtype=np.float32)
+    bundle = onnx_models.write_bundle(work / "onnx-storage")
+    x = np.random.default_rng(1).random((8, 3, 16, 16), dtype=np.float32)
     cpu = create_backend("onnx", {"be.onnx.providers": ["CPUExecutionProvider"]})
     cpu.load(bundle)
     gpu = create_backend("onnx", {"be.onnx.providers": []})
@@ -119,13 +119,13 @@ def check_tensorflow(work: Path) -> None:
 
     bundle = tf_models.write_frozen_bundle(work / "tf-storage")
     feeds = tf_models.batch_feeds(8)
-    cpu = create_backend("tensorflow", {"be.tf.device": "cpu"})
-    cpu.load(bundle)
-    expected = cpu.predict(feeds)
-    cpu.unload()
+    # The GPU one first: a `cpu` backend hides the GPUs from the whole process.
     gpu = create_backend("tensorflow", {"be.tf.device": "gpu:0"})
     gpu.load(bundle)
-    for a, b in zip(expected, gpu.predict(feeds)):
+    got = gpu.predict(feeds)
+    cpu = create_backend("tensorflow", {"be.tf.device": "cpu"})
+    cpu.load(bundle)
+    for a, b in zip(cpu.predict(feeds), got):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     record("tensorflow backend", "PASS" if "gpu" in gpu.device else "FAIL",
            f"batch of 8 on {gpu.device} equals the CPU")

@@ -97,3 +97,37 @@ def test_hadolint_passes():
     done = subprocess.run([str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), *IMAGES],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rknn_runtime_is_the_release_of_the_pinned_toolkit():
+    """librknnrt.so (Dockerfile.rk) and rknn-toolkit-lite2 (requirements) move together."""
+    runtime = re.search(r"^ARG RKNN_VERSION=v(\S+)$", (ROOT / "Dockerfile.rk").read_text(), re.M)
+    toolkit = re.search(r"^rknn-toolkit-lite2==(\S+)", (ROOT / "requirements/rockchip.txt").read_text(),
+                        re.M)
+    assert runtime and toolkit
+    assert runtime.group(1) == toolkit.group(1), (
+        f"Dockerfile.rk fetches librknnrt.so v{runtime.group(1)} but requirements/rockchip.txt "
+        f"pins rknn-toolkit-lite2=={toolkit.group(1)}")
+    assert "/usr/lib/librknnrt.so" in (ROOT / "Dockerfile.rk").read_text()  # where rknnlite looks
+
+
+@pytest.mark.parametrize("name, target", IMAGES.items())
+def test_no_deps_requirements_are_installed_without_dependencies(name, target):
+    """Lines marked `# no-deps` must reach the image through `pip wheel --no-deps`, the rest
+    through a normal resolution, and the final stage must install that set as it is."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from build_release import TARGETS
+    finally:
+        sys.path.remove(str(ROOT))
+    marked = [line for req in TARGETS[target] for line in (ROOT / req).read_text().splitlines()
+              if "# no-deps" in line and not line.lstrip().startswith("#")]
+    text = " ".join(f"{w} {r}" for w, r in instructions(name))
+    if "/# no-deps/" not in text:  # this image resolves its requirements in one go
+        assert not marked, f"{name} would resolve these with their dependencies: {marked}"
+        return
+    assert "sed '/# no-deps/d' /build/release-pack/requirements.txt > /build/resolved.txt" in text
+    assert "sed -n '/# no-deps/p' /build/release-pack/requirements.txt > /build/no-deps.txt" in text
+    assert "pip wheel --no-cache-dir -r /build/resolved.txt -w /wheels" in text
+    assert "pip wheel --no-cache-dir --no-deps -r /build/no-deps.txt -w /wheels" in text
+    assert "pip install --no-cache-dir --no-index --no-deps /wheels/*.whl" in text

@@ -75,7 +75,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Address the embedded redis listens on over TCP. It has no password: keep it on "
             "loopback unless the network is trusted."),
     Setting("be.tfsrv.host", "127.0.0.1", "str", "TensorFlow Serving host (tensorflow-serving backend)."),
-    Setting("be.tfsrv.adapter", "restful", "str", "How to reach TensorFlow Serving.",
+    Setting("be.tfsrv.adapter", "restful", "str",
+            "How to reach TensorFlow Serving: `restful` (REST predict API on "
+            "`be.tfsrv.rest_port`) or `grpc` (PredictionService on `be.tfsrv.grpc_port`).",
             _one_of("restful", "grpc")),
     Setting("be.tfsrv.grpc_port", 8500, "int", "TensorFlow Serving gRPC port.", _port),
     Setting("be.tfsrv.rest_port", 8501, "int", "TensorFlow Serving REST port.", _port),
