@@ -20,7 +20,13 @@ from pathlib import Path
 
 import redis
 
-import aiserving
+# The node starts processes (the REST front, the embedded redis) with fork+exec while
+# gRPC's threads run; gRPC's fork handlers then race those threads in the child and
+# can abort it. Nothing forked here uses gRPC, so they are turned off (read by grpc
+# at import, which happens after this).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import aiserving  # noqa: E402
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, ConfigError
 from aiserving.node import Node

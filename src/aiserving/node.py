@@ -6,9 +6,9 @@ it, and takes commands from the REST front on a redis list; the gRPC
 servicers call the same methods directly. Both doors lead to one set of
 operations: `create_backend`, `load_model`, `switch`, `terminate_backend`.
 
-A load starts a new *generation* of inference processes beside the one
-serving; traffic moves to the new generation only when all its processes run,
-then the old one drains and exits. A failed load leaves the old model serving.
+Each backend and the generations of processes serving it are kept in
+`lifecycle.py`; the node owns them, supervises their processes, answers what a
+stuck process held, and keeps what it runs in the saved state for a restart.
 """
 
 from __future__ import annotations
@@ -33,85 +33,14 @@ from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, Bac
                               UnsupportedBackend)
 from aiserving.intake import limit_pixels
 from aiserving.saved_state import SavedState
-from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
+from aiserving.lifecycle import BackendEntry, Generation
+from aiserving.status import BackendState
 from aiserving.supervisor import WorkerProcess
 
 log = logging.getLogger(__name__)
 
 MAX_BATCHSIZE = 1000
 MAX_INFERPROCNUM = 2
-_FAILED = (ProcStatus.ERROR, ProcStatus.LABEL_ERROR)
-
-
-class Generation:
-    """The inference processes of one backend serving one model version."""
-
-    def __init__(self, number: int, bundle: Bundle, procs: list[WorkerProcess]):
-        self.number = number
-        self.bundle = bundle
-        self.procs = procs
-
-    @property
-    def failed(self) -> bool:
-        # A process that reported an error is failed already, before it has exited.
-        return any(p.failed or p.status in _FAILED for p in self.procs)
-
-    @property
-    def running(self) -> bool:
-        return all(p.status == ProcStatus.RUNNING for p in self.procs)
-
-    @property
-    def finished(self) -> bool:
-        return all(p.finished for p in self.procs)
-
-    @property
-    def error(self) -> str:
-        return next((p.msg for p in self.procs if (p.failed or p.status in _FAILED) and p.msg), "")
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
-
-
-class BackendEntry:
-    def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str,
-                 preheat: str):
-        self.bid = bid
-        self.preheat = preheat
-        self.impl = impl
-        self.batchsize = batchsize
-        self.inferprocnum = inferprocnum
-        self.device = device
-        self.state = BackendState.INITIALIZED
-        self.msg = ""
-        self.current: Generation | None = None  # the newest model asked for
-        self.serving: Generation | None = None  # the one taking traffic
-        self.retired: list[Generation] = []  # draining, then gone
-
-    @property
-    def type_name(self) -> str:
-        return self.impl.split(".", 1)[0]
-
-    def generations(self) -> list[Generation]:
-        gens = [g for g in (self.current, self.serving) if g is not None]
-        return list({id(g): g for g in gens + self.retired}.values())
-
-    def public(self) -> dict:
-        """What the node publishes; read by the REST front and the gRPC servicers."""
-        gen = self.current
-        status = {"state": int(self.state)}
-        for n, p in enumerate(gen.procs if gen else []):
-            status[str(n)] = int(p.status)
-        record = gen.bundle.record.to_dict() if gen else None
-        word = SWITCH_WORDS[gen.procs[0].status] if gen else "cleaning"
-        error = (gen.error or gen.procs[0].msg) if gen and word == "failed" else ""
-        return {
-            "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
-            "inferprocnum": self.inferprocnum, "device": self.device, "preheat": self.preheat,
-            "state": int(self.state), "msg": self.msg, "status": status, "model": record,
-            "serving": self.serving.bundle.fullhash if self.serving else None,
-            "switch": {"model": record["name"] if record else "", "status": word, "error": error},
-        }
 
 
 class Node:
@@ -398,7 +327,7 @@ class Node:
                         self._answer_hung(p)
                     p.start_if_due(now)
                 for entry in self.backends.values():
-                    self._advance(entry)
+                    entry.advance()
                 self.orphans = [g for g in self.orphans if not g.finished]
                 self._publish()
 
@@ -416,39 +345,6 @@ class Node:
         if entry is not None:
             entry.msg = (f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {p.hang_error}; request(s) "
                          f"{', '.join(uuids) or '(already answered)'} failed")
-
-    @staticmethod
-    def _advance(entry: BackendEntry) -> None:
-        """Move a backend along its lifecycle after its processes changed."""
-        entry.retired = [g for g in entry.retired if not g.finished]
-        if entry.state == BackendState.EXITING:
-            return
-        cur = entry.current
-        if cur is None:
-            if entry.state != BackendState.ERROR:  # e.g. a model that could not be restored
-                entry.state = BackendState.INITIALIZED
-            return
-        if cur.failed:
-            cur.stop()
-            if entry.serving is cur:
-                entry.serving = None
-            entry.msg = cur.error
-            if entry.serving is None:
-                entry.state = BackendState.ERROR
-            else:
-                # The previous model keeps serving; the failed load is reported.
-                entry.state = BackendState.RUNNING
-            return
-        if cur is not entry.serving and cur.running:
-            if entry.serving is not None:
-                entry.serving.stop()
-                entry.retired.append(entry.serving)
-            entry.serving = cur
-            log.info("backend %s: now serving %s", entry.bid, cur.bundle.fullhash)
-        if cur is entry.serving:
-            entry.state = BackendState.RUNNING if cur.running else BackendState.LOADING
-        else:
-            entry.state = BackendState.LOADING
 
     def restore(self) -> set[str]:
         """Bring back the backends of the previous run and start loading their models.

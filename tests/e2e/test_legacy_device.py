@@ -277,7 +277,7 @@ def test_model_rpcs_with_fields_left_out(device):
 
 
 def test_inputs_that_are_not_pictures_reach_the_bundle(device):
-    node, c, arrays, root = device["node"], device["client"], device["arrays"], device["root"]
+    node, c, root = device["node"], device["client"], device["root"]
     bid = node.switch(btype="pytorch", model="arrays")  # warms up on its own preheat.npy
     node.wait_switch(bid)
     try:

@@ -277,17 +277,19 @@ def test_a_request_whose_caller_gave_up_is_not_run(storage, tmp_path, start_node
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(node.detect, slow))  # 1 s each, one at a time, 2 s to wait
     timed_out = [a for a in answers if a.status_code == 504]
-    assert timed_out, [a.status_code for a in answers]
+    assert len(timed_out) >= 3, [a.status_code for a in answers]
     client = Client(node)
     try:
-        for answer in timed_out:
-            uuid = answer.json()["message"].rsplit(" ", 1)[-1]
-            stored = client.wait_result(uuid)
-            assert stored["status"] == "failed" and "deadline passed" in stored["message"]
+        stored = [client.wait_result(a.json()["message"].rsplit(" ", 1)[-1]) for a in timed_out]
     finally:
         client.close()
+    dropped = [r for r in stored if r.get("status") == "failed"
+               and "deadline passed" in r["message"]]
+    # Only the one job already running when its caller gave up may finish; the rest
+    # were answered unrun.
+    assert len(dropped) >= len(timed_out) - 1, stored
     ran = sum(int(n) for n in __import__("re").findall(r"batch of (\d+)", node.log()))
-    assert ran < len(slow) + 1  # the preheat, plus only the requests still awaited
+    assert ran <= len(slow) - len(dropped) + 1  # the preheat, plus what was still awaited
 
 
 def test_a_stuck_model_does_not_starve_another(storage, tmp_path, start_node):

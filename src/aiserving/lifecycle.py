@@ -1,0 +1,123 @@
+"""A backend on this node: its settings, its state, and the generations of
+inference processes serving its models.
+
+A load starts a new generation beside the one serving; traffic moves to it only
+when all its processes run, then the old one drains and exits. A failed load
+leaves the old model serving. The node holds its lock around every use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiserving.bundle.store import Bundle
+from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
+from aiserving.supervisor import WorkerProcess
+
+log = logging.getLogger("aiserving.node")
+
+_FAILED = (ProcStatus.ERROR, ProcStatus.LABEL_ERROR)
+
+
+class Generation:
+    """The inference processes of one backend serving one model version."""
+
+    def __init__(self, number: int, bundle: Bundle, procs: list[WorkerProcess]):
+        self.number = number
+        self.bundle = bundle
+        self.procs = procs
+
+    @property
+    def failed(self) -> bool:
+        # A process that reported an error is failed already, before it has exited.
+        return any(p.failed or p.status in _FAILED for p in self.procs)
+
+    @property
+    def running(self) -> bool:
+        return all(p.status == ProcStatus.RUNNING for p in self.procs)
+
+    @property
+    def finished(self) -> bool:
+        return all(p.finished for p in self.procs)
+
+    @property
+    def error(self) -> str:
+        return next((p.msg for p in self.procs if (p.failed or p.status in _FAILED) and p.msg), "")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+class BackendEntry:
+    def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str,
+                 preheat: str):
+        self.bid = bid
+        self.preheat = preheat
+        self.impl = impl
+        self.batchsize = batchsize
+        self.inferprocnum = inferprocnum
+        self.device = device
+        self.state = BackendState.INITIALIZED
+        self.msg = ""
+        self.current: Generation | None = None  # the newest model asked for
+        self.serving: Generation | None = None  # the one taking traffic
+        self.retired: list[Generation] = []  # draining, then gone
+
+    @property
+    def type_name(self) -> str:
+        return self.impl.split(".", 1)[0]
+
+    def generations(self) -> list[Generation]:
+        gens = [g for g in (self.current, self.serving) if g is not None]
+        return list({id(g): g for g in gens + self.retired}.values())
+
+    def public(self) -> dict:
+        """What the node publishes; read by the REST front and the gRPC servicers."""
+        gen = self.current
+        status = {"state": int(self.state)}
+        for n, p in enumerate(gen.procs if gen else []):
+            status[str(n)] = int(p.status)
+        record = gen.bundle.record.to_dict() if gen else None
+        word = SWITCH_WORDS[gen.procs[0].status] if gen else "cleaning"
+        error = (gen.error or gen.procs[0].msg) if gen and word == "failed" else ""
+        return {
+            "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
+            "inferprocnum": self.inferprocnum, "device": self.device, "preheat": self.preheat,
+            "state": int(self.state), "msg": self.msg, "status": status, "model": record,
+            "serving": self.serving.bundle.fullhash if self.serving else None,
+            "switch": {"model": record["name"] if record else "", "status": word, "error": error},
+        }
+
+    def advance(self) -> None:
+        """Move a backend along its lifecycle after its processes changed."""
+        self.retired = [g for g in self.retired if not g.finished]
+        if self.state == BackendState.EXITING:
+            return
+        cur = self.current
+        if cur is None:
+            if self.state != BackendState.ERROR:  # e.g. a model that could not be restored
+                self.state = BackendState.INITIALIZED
+            return
+        if cur.failed:
+            cur.stop()
+            if self.serving is cur:
+                self.serving = None
+            self.msg = cur.error
+            if self.serving is None:
+                self.state = BackendState.ERROR
+            else:
+                # The previous model keeps serving; the failed load is reported.
+                self.state = BackendState.RUNNING
+            return
+        if cur is not self.serving and cur.running:
+            if self.serving is not None:
+                self.serving.stop()
+                self.retired.append(self.serving)
+            self.serving = cur
+            log.info("backend %s: now serving %s", self.bid, cur.bundle.fullhash)
+        if cur is self.serving:
+            self.state = BackendState.RUNNING if cur.running else BackendState.LOADING
+        else:
+            self.state = BackendState.LOADING
+
