@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from aiserving.bundle.store import Bundle
+from aiserving.errors import BundleError
 
 
 class Backend(ABC):
@@ -52,3 +53,27 @@ def cpu_threads(settings: dict[str, Any], key: str = "backend.threads") -> int:
     batch slower, not faster.
     """
     return int(settings.get(key, 0) or 0) or max(1, (os.cpu_count() or 2) // 2)
+
+
+def pick_by_name(items: list, names, what: str, fullhash: str, name_of: Callable[[Any], str],
+                 every: bool = False) -> list:
+    """A model's inputs or outputs in the order `modelext` names them (the model's own
+    order if it names none). "x:0" also matches a tensor named "x". With `every`,
+    the names must cover each of them once."""
+    if not names:
+        return list(items)
+    known = {name_of(i): i for i in items}
+    listing = ", ".join(repr(name_of(i)) for i in items)
+    picked = []
+    for name in names:
+        item = known.get(str(name))
+        if item is None and str(name).endswith(":0"):
+            item = known.get(str(name)[:-2])
+        if item is None:
+            raise BundleError(f"bundle {fullhash}: modelext tensors.{what} names {name!r}, "
+                              f"which the model does not have; its {what}s are: {listing}")
+        picked.append(item)
+    if every and sorted(map(id, picked)) != sorted(map(id, items)):
+        raise BundleError(f"bundle {fullhash}: modelext tensors.{what} must name each of the "
+                          f"model's {what}s once; they are: {listing}")
+    return picked

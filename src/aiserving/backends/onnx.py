@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from aiserving.backends.base import Backend, cpu_threads
+from aiserving.backends.base import Backend, cpu_threads, pick_by_name
 from aiserving.bundle.store import Bundle
 from aiserving.errors import BundleError
 
@@ -167,22 +167,5 @@ def _cast(feed: np.ndarray, onnx_type: str) -> np.ndarray:
     return np.ascontiguousarray(feed, dtype=dtype) if dtype is not None else feed
 
 
-def _by_name(args: list, names, what: str, fullhash: str, every: bool = False) -> list:
-    """Session inputs/outputs in the order modelext names them (the session's if it does not)."""
-    if not names:
-        return list(args)
-    known = {a.name: a for a in args}
-    listing = ", ".join(repr(a.name) for a in args)
-    picked = []
-    for name in names:
-        arg = known.get(str(name))
-        if arg is None and str(name).endswith(":0"):
-            arg = known.get(str(name)[:-2])
-        if arg is None:
-            raise BundleError(f"bundle {fullhash}: modelext tensors.{what} names {name!r}, "
-                              f"which the model does not have; its {what}s are: {listing}")
-        picked.append(arg)
-    if every and sorted(a.name for a in picked) != sorted(known):
-        raise BundleError(f"bundle {fullhash}: modelext tensors.{what} must name each of the "
-                          f"model's {what}s once; they are: {listing}")
-    return picked
+def _by_name(items: list, names, what: str, fullhash: str, every: bool = False) -> list:
+    return pick_by_name(items, names, what, fullhash, lambda a: a.name, every)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from aiserving.backends.base import Backend, cpu_threads
+from aiserving.backends.base import Backend, cpu_threads, pick_by_name
 from aiserving.bundle.store import Bundle
 from aiserving.errors import BundleError
 
@@ -237,23 +237,5 @@ def _tensors_ext(bundle: Bundle) -> dict:
     return tensors
 
 
-def _by_name(details: list[dict], names, what: str, fullhash: str,
-             every: bool = False) -> list[dict]:
-    """Tensor details in the order modelext names them (the model's order if it does not)."""
-    if not names:
-        return list(details)
-    known = {d["name"]: d for d in details}
-    listing = ", ".join(repr(d["name"]) for d in details)
-    picked = []
-    for name in names:
-        detail = known.get(str(name))
-        if detail is None and str(name).endswith(":0"):
-            detail = known.get(str(name)[:-2])
-        if detail is None:
-            raise BundleError(f"bundle {fullhash}: modelext tensors.{what} names {name!r}, "
-                              f"which the model does not have; its {what}s are: {listing}")
-        picked.append(detail)
-    if every and sorted(d["index"] for d in picked) != sorted(d["index"] for d in details):
-        raise BundleError(f"bundle {fullhash}: modelext tensors.{what} must name each of the "
-                          f"model's {what}s once; they are: {listing}")
-    return picked
+def _by_name(items: list, names, what: str, fullhash: str, every: bool = False) -> list:
+    return pick_by_name(items, names, what, fullhash, lambda d: d["name"], every)
