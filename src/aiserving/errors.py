@@ -90,6 +90,13 @@ class ModelLoadFailed(AiservingError):
     http_status = 422
 
 
+class ModelKeyError(AiservingError):
+    """An encrypted model cannot be decrypted: a missing or wrong key, a damaged file."""
+
+    code = 107
+    http_status = 422
+
+
 class ModelInUse(AiservingError):
     """A running backend uses the model: it cannot be deleted or replaced under it."""
 
@@ -149,7 +156,7 @@ _BY_NAME = {
     for cls in (
         AiservingError, ConfigError, BundleError, ModelNotFound, BackendNotFound,
         UnsupportedBackend, BackendLimit, TooManyBackends, BackendRunning, BadFullhash,
-        ModelLoadFailed, ModelInUse, BadRequest, InputError,
+        ModelLoadFailed, ModelKeyError, ModelInUse, BadRequest, InputError,
         ProcessingError, InferenceError, NotReady, QueueFull, RequestTimeout,
     )
 }

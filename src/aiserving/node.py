@@ -13,6 +13,7 @@ stuck process held, and keeps what it runs in the saved state for a restart.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import multiprocessing as mp
@@ -29,8 +30,10 @@ from aiserving.backends import supported_types
 from aiserving.bundle.store import Bundle, BundleStore
 from aiserving.config import Settings
 from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, BackendRunning,
-                              BadRequest, InferenceError, ModelLoadFailed, TooManyBackends,
+                              BadRequest, InferenceError, ModelKeyError, ModelLoadFailed,
+                              TooManyBackends,
                               UnsupportedBackend)
+from aiserving.crypto import key_for
 from aiserving.intake import limit_pixels
 from aiserving.saved_state import SavedState
 from aiserving.lifecycle import BackendEntry, Generation
@@ -171,11 +174,13 @@ class Node:
         log.info("backend %s: loading %s (%s)", bid, bundle.fullhash, bundle.record.name)
 
     def switch(self, bid: str = "", btype: str = "", model: str = "", mode: str = "",
-               device: str = "") -> str:
-        """Legacy REST `/switch`: (create a backend and) load a model; returns the bid."""
+               device: str = "", secret: bytes | None = None) -> str:
+        """Legacy REST `/switch`: (create a backend and) load a model; returns the bid.
+
+        `secret`: the key of an encrypted model (`crypto.legacy_key`)."""
         if not model:
             raise BadRequest("field 'model' is required")
-        bundle = self.store.resolve(model)
+        bundle = self.store.resolve(model).with_secret(secret)
         record = bundle.record
         if btype and btype != record.backend_type:
             raise BadRequest(f"model {model!r} is a {record.impl} bundle, not {btype}")
@@ -291,6 +296,8 @@ class Node:
             "consumer": f"{self.name}.{entry.bid}.{gen}.{index}",
             "implhash": bundle.record.implhash, "version": bundle.record.version,
             "batchsize": entry.batchsize, "device": entry.device, "preheat": entry.preheat,
+            # An encrypted model's key reaches the worker through the spawn pipe, never disk.
+            "secret": base64.b64encode(bundle.secret).decode() if bundle.encrypted else "",
         }
 
     def _all_generations(self) -> list[Generation]:
@@ -371,6 +378,9 @@ class Node:
             if not model:
                 continue
             try:
+                if saved.get("encrypted"):
+                    raise ModelKeyError("it is encrypted and keys are never stored: load it "
+                                        "again with its a64key and pvtkey")
                 self.load_model(bid, self.store.resolve(model))
                 loading.add(model)
             except AiservingError as exc:
@@ -400,7 +410,8 @@ class Node:
             backends.append({"bid": e.bid, "impl": e.impl, "batchsize": e.batchsize,
                              "inferprocnum": e.inferprocnum, "device": e.device,
                              "preheat": "" if e.preheat == self.preheat else e.preheat,
-                             "model": gen.bundle.fullhash if gen else None})
+                             "model": gen.bundle.fullhash if gen else None,
+                             "encrypted": bool(gen and gen.bundle.encrypted)})
         self.saved.save(backends, self.rest_bid)
 
     def _publish(self) -> None:
@@ -472,7 +483,9 @@ class Node:
     def _run_command(self, op: str, args: dict) -> dict:
         if op == "switch":
             fields = {k: str(args.get(k) or "") for k in ("bid", "btype", "model", "mode", "device")}
-            return {"bid": self.switch(**fields)}
+            secret = key_for(args.get("encrypted"), str(args.get("a64key") or ""),
+                             str(args.get("pvtkey") or ""))
+            return {"bid": self.switch(**fields, secret=secret)}
         raise BadRequest(f"unknown command {op!r}")
 
 

@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post(f"{PREFIX}/switch")
     def switch_post():
         body = _body()
-        args = {k: _opt_str(body, k) for k in ("bid", "btype", "model", "mode", "device")}
+        args = {k: _opt_str(body, k) for k in ("bid", "btype", "model", "mode", "device",
+                                               "encrypted", "a64key", "pvtkey")}
         answer = broker.command("switch", args, uuidlib.uuid4().hex)
         return _json({"status": "success", "bid": answer["bid"]})
 

@@ -93,6 +93,8 @@ class MXNetBackend(Backend):
         self._ctx = _pick_context(device or self.settings.get("be.mxnet.device", "cpu"))
         self._check_threads()
         where = f"bundle {bundle.fullhash}"
+        bundle.refuse_encrypted("MXNet bundles have no model_core, the one file the legacy "
+                                "format encrypts")
         ext = bundle.record.ext
         prefix = ext.get("prefix", "model")
         if not isinstance(prefix, str) or not prefix or "/" in prefix or "\\" in prefix \

@@ -65,7 +65,7 @@ class OnnxBackend(Backend):
 
     def load(self, bundle: Bundle, device: str | None = None) -> None:
         self._fullhash = fh = bundle.fullhash
-        content = bundle.file("model_core").read_bytes()
+        content = bundle.read("model_core")
         if not content:
             raise BundleError(f"bundle {fh}: model_core is empty (an .onnx model is needed)")
         wanted = self.settings.get("be.onnx.providers") or []

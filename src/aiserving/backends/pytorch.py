@@ -8,6 +8,7 @@ whole model is one TorchScript file, `model_core`.
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any, Sequence
 
@@ -48,6 +49,8 @@ class TorchBackend(Backend):
         self._model = model.to(self._device).eval()
 
     def _load_split(self, bundle: Bundle) -> torch.nn.Module:
+        bundle.refuse_encrypted("structureSplit has no model_core (encrypt a structureEmbed "
+                                "TorchScript model)")
         build = getattr(load_module(bundle, "model.py"), "build_structure", None)
         if not callable(build):
             raise BundleError(f"bundle {bundle.fullhash}: model.py defines no build_structure()")
@@ -83,7 +86,8 @@ class TorchBackend(Backend):
 
     def _load_embed(self, bundle: Bundle) -> torch.nn.Module:
         try:
-            return torch.jit.load(str(bundle.file("model_core")), map_location=self._device)
+            return torch.jit.load(io.BytesIO(bundle.read("model_core")),
+                                  map_location=self._device)
         except BundleError:
             raise
         except Exception as exc:

@@ -68,7 +68,7 @@ class RKNNBackend(Backend):
 
     def load(self, bundle: Bundle, device: str | None = None) -> None:
         where = f"bundle {bundle.fullhash}"
-        path = bundle.file("model_core")
+        path = bundle.readable_path("model_core")
         ext = bundle.record.ext
         self._batch = _batch_of(ext.get("batch", 1), where)
         self._data_format = _data_format_of(ext.get("data_format"), where)

@@ -126,7 +126,7 @@ class TensorFlowBackend(Backend):
         return None
 
     def _import_frozen(self, bundle: Bundle) -> None:
-        data = bundle.file("model_core").read_bytes()
+        data = bundle.read("model_core")
         graph_def = tf.compat.v1.GraphDef()
         try:
             graph_def.ParseFromString(data)
@@ -153,13 +153,16 @@ class TensorFlowBackend(Backend):
         """Load the SavedModel into `session`; return its MetaGraphDef."""
         core = bundle.path / "model_core"
         if core.is_dir():
+            bundle.refuse_encrypted("a model_core/ folder is not the legacy encrypted format")
             if not (core / "saved_model.pb").is_file():
                 raise BundleError(f"bundle {bundle.fullhash}: folder model_core/ holds no "
                                   "saved_model.pb")
             export_dir = str(core)
         elif core.is_file():
             self._tmp = export_dir = tempfile.mkdtemp(prefix="aisrv-tf-")
-            os.symlink(core.resolve(), os.path.join(export_dir, "saved_model.pb"))
+            # An encrypted saved_model.pb is decrypted into an anonymous in-memory file.
+            pb = bundle.readable_path("model_core") if bundle.encrypted else core.resolve()
+            os.symlink(pb, os.path.join(export_dir, "saved_model.pb"))
             for name in _SAVED_MODEL_PARTS:
                 if (bundle.path / name).exists():
                     os.symlink((bundle.path / name).resolve(), os.path.join(export_dir, name))

@@ -75,7 +75,7 @@ class TFLiteBackend(Backend):
             log.warning("bundle %s: TF-Lite runs on the cpu here; device %s is ignored",
                         bundle.fullhash, device)
         self._fullhash = fh = bundle.fullhash
-        content = bundle.file("model_core").read_bytes()
+        content = bundle.read("model_core")
         if not content:
             raise BundleError(f"bundle {fh}: model_core is empty (a .tflite model is needed)")
         try:

@@ -119,6 +119,7 @@ class TFServingBackend(Backend):
 
     def load(self, bundle: Bundle, device: str | None = None) -> None:
         # `device` is not used: the server decides where its model runs.
+        bundle.refuse_encrypted("a TensorFlow Serving bundle has no local model to decrypt")
         ext, where = bundle.record.ext, f"bundle {bundle.fullhash}"
         name, version = bundle.record.name, ext.get("version")
         if not name:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiserving.bundle.record import DistroRecord
@@ -19,10 +19,49 @@ _VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.]+")  # never "." or ".."
 
 @dataclass(frozen=True)
 class Bundle:
-    """One model version on disk."""
+    """One model version on disk.
+
+    `secret`: the AES key of an encrypted `model_core` (legacy format, contract
+    section 5); backends read the model through `read` or `readable_path`, which
+    decrypt it in memory, never to disk.
+    """
 
     path: Path
     record: DistroRecord
+    secret: bytes | None = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.secret is not None
+
+    def with_secret(self, secret: bytes | None) -> "Bundle":
+        return replace(self, secret=secret)
+
+    def read(self, name: str) -> bytes:
+        """A bundle file's bytes; `model_core` decrypted in memory when encrypted."""
+        data = self.file(name).read_bytes()
+        if self.secret is None:
+            return data
+        if name != "model_core":
+            raise BundleError(f"bundle {self.fullhash}: only model_core is encrypted in the "
+                              f"legacy format; this backend needs {name} (not encrypted)")
+        from aiserving.crypto import decrypt_legacy  # only encrypted loads need it
+
+        return decrypt_legacy(data, self.secret)
+
+    def readable_path(self, name: str) -> str:
+        """A path a framework can open: the file itself, or for an encrypted
+        `model_core` an anonymous in-memory file holding the plaintext."""
+        if self.secret is None:
+            return str(self.file(name))
+        from aiserving.crypto import memory_file
+
+        return memory_file(self.read(name), name)
+
+    def refuse_encrypted(self, why: str) -> None:
+        if self.secret is not None:
+            raise BundleError(f"bundle {self.fullhash}: an encrypted model cannot be loaded "
+                              f"here: {why}")
 
     @property
     def fullhash(self) -> str:

@@ -6,6 +6,7 @@ import json
 
 from aiserving.api.grpc.mapping import answer, result
 from aiserving.api.grpc.protocol import backend_pb2, backend_pb2_grpc, model_info, split_fullhash
+from aiserving.crypto import key_for
 from aiserving.backends import supported_types
 from aiserving.errors import BadRequest
 
@@ -50,9 +51,8 @@ class BackendService(backend_pb2_grpc.BackendServicer):
 
     def ReloadModelOnBackend(self, request, context):
         def reload():
-            _refuse_encrypted(request)
             bundle = self.node.store.load(*_ref(request.model.implhash, request.model.version))
-            self.node.load_model(request.bid, bundle)
+            self.node.load_model(request.bid, bundle.with_secret(_secret(request)))
         return result(RELOAD_ERROR, reload)
 
     def TerminateBackend(self, request, context):
@@ -69,9 +69,8 @@ class BackendService(backend_pb2_grpc.BackendServicer):
         return result(CREATE_AND_LOAD_ERROR, create)
 
     def _create_and_load(self, request, implhash: str, version: str) -> str:
-        _refuse_encrypted(request)
         args = self._backend_args(request.backend)
-        bundle = self.node.store.load(*_ref(implhash, version))
+        bundle = self.node.store.load(*_ref(implhash, version)).with_secret(_secret(request))
         bid = request.backend.bid
         if bid and bid in {b["bid"] for b in self.node.all_backends()}:
             # The old product's behaviour: a bid naming a backend that exists loads the
@@ -104,7 +103,6 @@ def _ref(implhash: str, version: str) -> tuple[str, str]:
     return implhash, version
 
 
-def _refuse_encrypted(request) -> None:
-    if request.encrypted:
-        # The legacy encrypted format (contract, section 5) is a later release.
-        raise BadRequest("encrypted models are not supported by this node yet")
+def _secret(request) -> bytes | None:
+    """The key of an encrypted model (contract, section 5), decrypted on the node."""
+    return key_for(request.encrypted, request.a64key, request.pvtkey)
