@@ -11,6 +11,9 @@ def test_defaults_run_with_no_configuration(tmp_path, monkeypatch):
     assert s.redis_url is None  # embedded redis
     assert s.storage == tmp_path / "storage"
     assert s["be.trpy.device"] == "cpu"
+    # Closed by default: every door on loopback.
+    assert (s["http.host"], s["grpc.address"], s["redis.bind"]) == \
+        ("127.0.0.1", "127.0.0.1:50051", "127.0.0.1")
 
 
 def test_every_setting_has_an_environment_override():

