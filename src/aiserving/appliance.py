@@ -197,8 +197,10 @@ def _check_doors(s: Settings) -> None:
     if embedded_tcp and not is_loopback(s["redis.bind"]) and not s["redis.password"]:
         raise ConfigError(f"Setting 'redis.bind' is {s['redis.bind']!r}, beyond loopback, but "
                           "'redis.password' is empty: set a password, or keep redis on 127.0.0.1.")
-    doors = [("REST", "http.host", s["http.host"]),
-             ("gRPC", "grpc.address", s["grpc.address"].rpartition(":")[0])]
+    doors = []
+    if not (s["auth.token"] or s["auth.admin_token"]):
+        doors += [("REST", "http.host", s["http.host"]),
+                  ("gRPC", "grpc.address", s["grpc.address"].rpartition(":")[0])]
     if embedded_tcp:
         doors.append(("redis", "redis.bind", s["redis.bind"]))
     for door, key, host in doors:

@@ -143,6 +143,14 @@ SETTINGS: tuple[Setting, ...] = (
             "device's file keeps listening where it did).",
             lambda v: None if v.rpartition(":")[2].isdigit() else "must be host:port"),
     Setting("grpc.threads", 16, "int", "Threads serving gRPC calls.", _positive),
+    Setting("auth.token", "", "str",
+            "Bearer token every REST call but `/healthz` and every gRPC call must carry "
+            "(`Authorization: Bearer <token>`; gRPC metadata `authorization`). Empty: none "
+            "asked, as the old product."),
+    Setting("auth.admin_token", "", "str",
+            "Bearer token management calls must carry (loads, unloads, model create/change/"
+            "delete/import/export, uploads, downloads); it passes wherever `auth.token` does. "
+            "Empty: `auth.token` covers them."),
     Setting("grpc.load_timeout_s", 300.0, "float",
             "Longest CreateAndLoadModel waits for the model to run before it gives up and "
             "removes the backend it created.", _positive),

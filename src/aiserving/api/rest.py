@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 import aiserving
 from aiserving import broker as brk
+from aiserving.auth import Guard, Unauthenticated
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
 from aiserving.intake import check_input_path, limit_pixels, submit
@@ -44,11 +45,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["http.max_body_bytes"]
     limit_pixels(settings["request.max_pixels"])
 
+    guard = Guard(settings["auth.token"], settings["auth.admin_token"])
+
+    @app.before_request
+    def _authenticate():
+        if guard.active and request.path != "/healthz":
+            # Management: what changes the models a node runs.
+            admin = request.method == "POST" and request.path == f"{PREFIX}/switch"
+            guard.check(request.headers.get("Authorization"), admin)
+
     @app.errorhandler(AiservingError)
     def _our_error(exc: AiservingError):
         response = _json({"status": "failed", "message": exc.message}, exc.http_status)
         if isinstance(exc, QueueFull):
             response.headers["Retry-After"] = "1"
+        elif isinstance(exc, Unauthenticated):
+            response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
     @app.errorhandler(redis.RedisError)

@@ -15,6 +15,7 @@ from aiserving.api.grpc.inference_service import InferenceService
 from aiserving.api.grpc.model_service import ModelService
 from aiserving.api.grpc.protocol import (backend_pb2_grpc, connectivity_pb2_grpc, exchange_pb2_grpc,
                                          inference_pb2_grpc, model_pb2_grpc)
+from aiserving.auth import ADMIN_RPCS, Guard, Unauthenticated
 from aiserving.bundle.catalog import ModelCatalog
 from aiserving.errors import ConfigError
 from aiserving.uploads import CHUNK_BYTES, UploadStore
@@ -34,9 +35,11 @@ class GrpcServer:
         self.uploads = UploadStore(run / "uploads", settings["upload.ttl_s"])
         self.catalog = ModelCatalog(node.store, run, settings["import.max_bytes"])
         max_message = max(_MAX_MESSAGE, settings["request.max_image_bytes"] * 4 // 3 + 1024)
+        guard = Guard(settings["auth.token"], settings["auth.admin_token"])
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings["grpc.threads"],
                                        thread_name_prefix="grpc"),
+            interceptors=[_Authenticate(guard)] if guard.active else [],
             options=[("grpc.max_receive_message_length", max_message),
                      ("grpc.max_send_message_length", _MAX_MESSAGE),
                      ("grpc.so_reuseport", 0)])
@@ -74,6 +77,38 @@ class GrpcServer:
                 self.uploads.sweep()
             except OSError as exc:
                 log.warning("cannot sweep uploads: %s", exc)
+
+
+class _Authenticate(grpc.ServerInterceptor):
+    """Every call carries the token as `authorization` metadata, or is refused."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        metadata = dict(details.invocation_metadata or ())
+        try:
+            self.guard.check(metadata.get("authorization"), details.method in ADMIN_RPCS)
+        except Unauthenticated as exc:
+            return _refusal(handler, exc.message)
+        return handler
+
+
+def _refusal(handler, message: str):
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+    def refuse(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler,
+             (True, True): grpc.stream_stream_rpc_method_handler}
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
 
 
 def protobuf_implementation() -> str:
