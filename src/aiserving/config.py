@@ -13,6 +13,7 @@ import json
 import os
 import re
 import runpy
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 from urllib.parse import quote
@@ -161,6 +162,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
             "Largest input accepted: an inline one (gRPC InferenceRemote) or a file named by "
             "`/detect` or InferenceLocal.", _positive),
+    Setting("input.roots", [], "list",
+            "Folders `/detect` and InferenceLocal may read input files from (symlinks are "
+            "resolved first; a relative path is taken from the settings file's folder). "
+            "Empty: `<storage>/input`, `<storage>/demo` and the system temp folder "
+            "(`/tmp`)."),
     Setting("request.max_pixels", 100_000_000, "int",
             "Most pixels an image may have: Pillow (in the front and in vendor code) and "
             "OpenCV refuse larger ones from their header, before decoding, so a "
@@ -333,6 +339,9 @@ class Settings:
         values["storage"] = str((base / values["storage"]).resolve())
         if values["preheat"]:
             values["preheat"] = str((base / values["preheat"]).resolve())
+        values["input.roots"] = [str((base / r).resolve()) for r in values["input.roots"]] or [
+            str(Path(values["storage"]) / "input"), str(Path(values["storage"]) / "demo"),
+            str(Path(tempfile.gettempdir()).resolve())]
         # Resolved by the node for its children (embedded redis socket); not a user setting.
         values["redis.url"] = environ.get("AISRV_REDIS_URL", "")
         return cls(values, path)

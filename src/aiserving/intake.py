@@ -59,21 +59,32 @@ def wants_image(backend: dict) -> bool:
     return isinstance(ext, dict) and ext.get("input") == "image"
 
 
-def check_input_path(path: str, backend: dict, max_bytes: int) -> None:
+def check_input_path(path: str, backend: dict, max_bytes: int, roots: list[str]) -> None:
+    """Cheap checks of an input file the caller names; nothing is read.
+
+    The path, symlinks resolved, must lie under one of `roots`. Outside them, a
+    missing file and an unreadable one all get the same answer, so a caller
+    learns nothing about files it may not read.
+    """
     if not isinstance(path, str) or not path:
         raise InputError("an absolute input file path is required")
     if not os.path.isabs(path):
         raise InputError(f"path {path!r} is not absolute")
+    nothing = InputError(f"no readable input file at {path} within the node's input roots "
+                         "(setting input.roots)")
+    real = os.path.realpath(path)
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        raise nothing
     try:
-        info = os.stat(path)
+        info = os.stat(real)
     except OSError:
-        raise InputError(f"no file at {path}") from None
+        raise nothing from None
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file")
+        raise InputError(f"{path} is not a regular file (a folder, device or FIFO)")
     if info.st_size > max_bytes:
         raise InputError(f"file {path} is larger than {max_bytes} bytes")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"file {path} is not readable by the node")
+    if not os.access(real, os.R_OK):
+        raise nothing
     if wants_image(backend):
         try:
             _identify(path)

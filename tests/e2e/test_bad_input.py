@@ -36,7 +36,7 @@ def _still_serves(node, good) -> None:
 
 def test_missing_file(served):
     node, root, good = served
-    _fails(node.detect(root / "nope.jpg"), 400, "no file at", "nope.jpg")
+    _fails(node.detect(root / "nope.jpg"), 400, "no readable input file at", "nope.jpg")
     _still_serves(node, good)
 
 

@@ -158,7 +158,7 @@ def test_inference_local_and_remote(env):
 
         missing = c.inference.InferenceLocal(inference_pb2.InferRequest(bid=bid, uuid="m",
                                                                         path="/no/such.png"))
-        assert missing.code == 110 and "no file" in missing.msg
+        assert missing.code == 110 and "no readable input file" in missing.msg
         assert c.inference.InferenceLocal(inference_pb2.InferRequest(
             bid="99", uuid="m", path=str(image))).code == 110
         garbage = c.inference.InferenceRemote(inference_pb2.InferRequest(

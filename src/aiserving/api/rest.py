@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not isinstance(path, str) or not path:
             raise BadRequest("field 'path' (absolute path of the input file) is required")
         backend = broker.backend(_opt_str(body, "bid"))
-        check_input_path(path, backend, max_input)
+        check_input_path(path, backend, max_input, settings["input.roots"])
         uuid = uuidlib.uuid4().hex
         with waiting.slot(backend.get("serving")):
             submit(broker, backend, uuid, path=path, reply=True, deadline=time.time() + timeout)

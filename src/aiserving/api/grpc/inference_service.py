@@ -24,7 +24,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         def local():
             backend = self._backend(request.bid)
             _require(request, "uuid", "path")
-            check_input_path(request.path, backend, self.node.settings["request.max_image_bytes"])
+            settings = self.node.settings
+            check_input_path(request.path, backend, settings["request.max_image_bytes"],
+                             settings["input.roots"])
             return self._queue(backend, request, path=request.path)
         return result(LOCAL_INPUT_ERROR, local, keep=(QueueFull,))
 
