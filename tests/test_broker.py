@@ -54,3 +54,18 @@ def test_a_second_node_on_the_same_storage_is_refused(tmp_path):
     finally:
         first.stop()
     assert first.process.poll() is not None
+
+
+def test_inline_input_bytes_are_bounded_per_model(redis_url):
+    b = brk.Broker(redis_url, "n1", queue_max=100, inline_max=1000)
+    b.ensure_group("m-2")
+    b.enqueue("m-2", {"uuid": "a", "image": b"x" * 600})
+    b.enqueue("m-2", {"uuid": "p", "path": "/by/path"})  # paths hold no bytes in redis
+    with pytest.raises(QueueFull, match="inline input bytes"):
+        b.enqueue("m-2", {"uuid": "b", "image": b"x" * 500})
+    assert b.db.xlen(brk.stream_key("m-2")) == 2
+    jobs = b.read("m-2", "c1", 10, 100)
+    # Finishing the job gives its bytes back to the budget.
+    b.finish("m-2", [(jobs[0][0], "a", False, b"{}", brk.encode_result("{}"))], inline=600)
+    b.enqueue("m-2", {"uuid": "b", "image": b"x" * 500})
+    assert int(b.db.get(brk.inline_key("m-2"))) == 500

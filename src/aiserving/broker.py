@@ -29,9 +29,18 @@ RESULT_DB = 5
 GROUP = "workers"
 REPLY_TTL_S = 120
 
+# KEYS: stream, its inline-bytes counter. ARGV: max jobs, this job's inline bytes,
+# max inline bytes, then the job's fields.
 _ENQUEUE = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local size = tonumber(ARGV[2])
+if size > 0 then
+  if tonumber(redis.call('GET', KEYS[2]) or '0') + size > tonumber(ARGV[3]) then
+    return 'bytes'
+  end
+  redis.call('INCRBY', KEYS[2], size)
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 """
 
 
@@ -41,6 +50,11 @@ def connect(url: str, db: int = 0, **kwargs) -> redis.Redis:
 
 def stream_key(fullhash: str) -> str:
     return f"aisrv:jobs:{fullhash}"
+
+
+def inline_key(fullhash: str) -> str:
+    """Bytes of inline inputs (gRPC InferenceRemote) waiting or in flight for a model."""
+    return f"aisrv:inline:{fullhash}"
 
 
 def reply_key(uuid: str) -> str:
@@ -104,12 +118,14 @@ class NodeKeys:
 class Broker:
     """Redis access of the front and the workers (the node adds its own writes)."""
 
-    def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600):
+    def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600,
+                 inline_max: int = 256 * 1024 ** 2):
         # No socket timeout: blocking reads wait as long as asked.
         self.db = connect(url, 0)
         self.results = connect(url, RESULT_DB)
         self.keys = NodeKeys(node)
         self.queue_max = queue_max
+        self.inline_max = inline_max
         self.result_ttl = result_ttl
         self._enqueue = self.db.register_script(_ENQUEUE)
 
@@ -134,14 +150,19 @@ class Broker:
         return bool(self.db.exists(self.keys.alive))
 
     def enqueue(self, fullhash: str, fields: dict[str, str | bytes | float]) -> str:
-        """Add a job to a model's stream, or raise QueueFull at once when it is full."""
-        args: list = [self.queue_max]
+        """Add a job to a model's stream, or raise QueueFull at once when it is full:
+        `queue_max` jobs, or `inline_max` bytes of inline inputs held for the model."""
+        size = len(fields.get("image") or b"")
+        args: list = [self.queue_max, size, self.inline_max]
         for k, v in fields.items():
             args += [k, v]
-        msg_id = self._enqueue(keys=[stream_key(fullhash)], args=args)
+        msg_id = self._enqueue(keys=[stream_key(fullhash), inline_key(fullhash)], args=args)
         if msg_id is None:
             raise QueueFull(f"the queue of model {fullhash} is full ({self.queue_max} jobs); "
                             "retry later")
+        if msg_id == b"bytes":
+            raise QueueFull(f"the queue of model {fullhash} holds its most inline input bytes "
+                            f"({self.inline_max}, queue.max_inline_bytes); retry later")
         return msg_id
 
     def wait_reply(self, uuid: str, timeout: float) -> bytes | None:
@@ -188,10 +209,12 @@ class Broker:
         rows = self.db.xpending_range(stream_key(fullhash), GROUP, min=msg_id, max=msg_id, count=1)
         return rows[0]["times_delivered"] if rows else 0
 
-    def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]]) -> None:
+    def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]],
+               inline: int = 0) -> None:
         """Store results and wake waiters, then acknowledge and delete the jobs.
 
-        `done` rows: (message id, uuid, someone waits, legacy db-5 text, reply).
+        `done` rows: (message id, uuid, someone waits, legacy db-5 text, reply);
+        `inline`: the bytes of inline inputs they held, released from the budget.
         Results are written before the acknowledgement: a crash in between makes
         the job run again, never vanish.
         """
@@ -209,6 +232,8 @@ class Broker:
             pipe = self.db.pipeline(transaction=False)
             pipe.xack(stream_key(fullhash), GROUP, *ids)
             pipe.xdel(stream_key(fullhash), *ids)
+            if inline:
+                pipe.decrby(inline_key(fullhash), inline)
             pipe.execute()
 
     def fail_pending(self, fullhash: str, consumer: str, ids: list[str],
@@ -219,7 +244,7 @@ class Broker:
         keeps its result. Returns the uuids answered.
         """
         stream = stream_key(fullhash)
-        rows = []
+        rows, inline = [], 0
         for msg_id in ids:
             held = self.db.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1,
                                           consumername=consumer)
@@ -230,8 +255,9 @@ class Broker:
             uuid = fields.get(b"uuid", b"").decode()
             rows.append((msg_id.encode(), uuid, fields.get(b"reply") == b"1",
                          failure_text(error), encode_error(error)))
+            inline += len(fields.get(b"image") or b"")
         if rows:
-            self.finish(fullhash, rows)
+            self.finish(fullhash, rows, inline)
         return [r[1] for r in rows]
 
     def forget_consumer(self, fullhash: str, consumer: str) -> None:

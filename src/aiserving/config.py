@@ -159,6 +159,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an upload (gRPC UploadBin) is kept if no import uses it.", _positive),
     Setting("import.max_bytes", 2 * 1024 ** 3, "int",
             "Most bytes a model archive may unpack to; larger archives are refused.", _positive),
+    Setting("model.max_labels", 10_000, "int",
+            "Most labels a model record may have in CreateModel, DistroConfig and imports.",
+            _positive),
+    Setting("model.max_record_bytes", 1024 ** 2, "int",
+            "Largest model record (distros.json) CreateModel, DistroConfig and imports "
+            "accept: ListModels answers every record at once.", _positive),
     Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
             "Largest input accepted: an inline one (gRPC InferenceRemote) or a file named by "
             "`/detect` or InferenceLocal.", _positive),
@@ -188,6 +194,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("backend.max_count", 8, "int", "Most backends one node runs.", _positive),
     Setting("queue.max_len", 1000, "int",
             "Most jobs waiting or in flight per model; past it requests get 503 at once.", _positive),
+    Setting("queue.max_inline_bytes", 256 * 1024 ** 2, "int",
+            "Most bytes of inline inputs (gRPC InferenceRemote) held in redis per model, "
+            "waiting or in flight; past it 1 / 503 at once. Bounds redis's memory by bytes, "
+            "not only by `queue.max_len` jobs.", _positive),
     Setting("request.timeout_s", 60.0, "float",
             "Longest a blocking `/detect` waits for its result.", _positive),
     Setting("shutdown.grace_s", 0.0, "float",

@@ -56,6 +56,7 @@ class Node:
         self.db = brk.connect(redis_url)
         # Queueing for the gRPC Inference service, the same path the REST front takes.
         self.broker = brk.Broker(redis_url, self.name, queue_max=settings["queue.max_len"],
+                                 inline_max=settings["queue.max_inline_bytes"],
                                  result_ttl=settings["result.ttl_s"])
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()

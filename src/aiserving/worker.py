@@ -287,7 +287,7 @@ class Worker:
             rows.append(self._row(msg_id, job, item))
         for msg_id, job, error in poisoned:
             rows.append(self._error_row(msg_id, job, error))
-        self._finish(rows)
+        self._finish(rows, sum(len(fields.get(b"image") or b"") for _, fields in jobs))
         if self.profile and items:
             waits = [t_start - float(job.get("t", t_start)) for _, job, _ in items] or [0.0]
             log.info("batch of %d (%d failed): queue wait avg %.1f ms max %.1f ms | pre %.1f ms | "
@@ -295,11 +295,11 @@ class Worker:
                      1000 * sum(waits) / len(waits), 1000 * max(waits), 1000 * timings.pre,
                      1000 * timings.infer, 1000 * timings.post)
 
-    def _finish(self, rows: list) -> None:
+    def _finish(self, rows: list, inline: int) -> None:
         """Store the batch's results; through a short redis outage, keep trying."""
         while True:
             try:
-                self.broker.finish(self.fullhash, rows)
+                self.broker.finish(self.fullhash, rows, inline)
                 self.outage.ok()
                 return
             except redis.RedisError as exc:

@@ -363,3 +363,16 @@ def test_import_refuses_an_archive_over_the_limit(tmp_path, exported):
         small.import_archive(out, bundle_info(bundle))
     assert not small.store.root.exists()
     assert list(small.tmp_dir.iterdir()) == []
+
+
+def test_records_a_client_could_grow_without_bound_are_refused(storage, tmp_path):
+    small = ModelCatalog(BundleStore(storage), tmp_path / "n", LIMIT, max_labels=3,
+                         max_record_bytes=2000)
+    labels = ["a", "b", "c", "d"]
+    with pytest.raises(BundleError, match="4 labels; at most 3"):
+        small.create(pets(labels=labels, threshold=["0.5"] * 4, mapping=labels))
+    made = small.create(pets())
+    with pytest.raises(BundleError, match="bytes as distros.json; at most 2000"):
+        small.update_distro({"implhash": made.implhash, "version": made.version,
+                             "modelext": json.dumps({"note": "x" * 5000})})
+    assert small.store.record(made.implhash, made.version).modelext == ""  # unchanged

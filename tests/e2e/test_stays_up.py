@@ -201,6 +201,12 @@ def test_temp_files_of_a_killed_worker_are_removed(storage, tmp_path, start_node
     for uuid in uuids:  # every job is still answered, by the restarted worker
         assert "scores" in client.wait_result(uuid)
     assert _wait(lambda: not list(tmp.glob("*")))
+    # ... and the inline bytes they held in redis are given back to the model's budget.
+    import redis as redis_py
+
+    db = redis_py.Redis(port=node.redis_port)
+    (key,) = db.keys("aisrv:inline:*")
+    assert _wait(lambda: int(db.get(key)) == 0)
     client.close()
 
 

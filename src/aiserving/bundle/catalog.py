@@ -33,10 +33,13 @@ _ARCHIVE_RECORDS = ("configs.json", "distros.json")
 
 
 class ModelCatalog:
-    def __init__(self, store: BundleStore, work_dir: Path, max_import_bytes: int):
+    def __init__(self, store: BundleStore, work_dir: Path, max_import_bytes: int,
+                 max_labels: int = 10_000, max_record_bytes: int = 1024 ** 2):
         self.store = store
         self.work_dir = Path(work_dir)
         self.max_import_bytes = max_import_bytes
+        self.max_labels = max_labels
+        self.max_record_bytes = max_record_bytes
         self.exports_dir = self.work_dir / "exports"
         # Beside models/, so moving a finished bundle in is a rename on one filesystem.
         self.tmp_dir = self.store.root.parent / ".import-tmp"
@@ -78,7 +81,7 @@ class ModelCatalog:
 
     def create(self, info: dict) -> DistroRecord:
         """A new model version holding only its distros.json; the implhash is computed."""
-        record = _new_record(info, implhash_required=False)
+        record = self._bounded(_new_record(info, implhash_required=False))
         with self._lock:
             self._refuse_existing(record)
             staging = self._staging()
@@ -107,7 +110,7 @@ class ModelCatalog:
             if modelext:
                 data["modelext"] = json.dumps(modelext) if isinstance(modelext, dict) else modelext
             data["disthash"] = disthash_of(data["threshold"], data["mapping"])
-            record = DistroRecord.from_dict(data, f"model {implhash}/{version}")
+            record = self._bounded(DistroRecord.from_dict(data, f"model {implhash}/{version}"))
             _write_json(self.store.root / implhash / version / "distros.json", record.to_dict())
         log.info("updated distro of model %s (disthash %s)", record.fullhash, record.disthash)
         return record
@@ -154,7 +157,7 @@ class ModelCatalog:
 
     def import_archive(self, archive: Path, info: dict) -> DistroRecord:
         """Store an uploaded bundle archive as `<implhash>/<version>` with the distro in `info`."""
-        record = _new_record(info, implhash_required=True)
+        record = self._bounded(_new_record(info, implhash_required=True))
         self._refuse_existing(record, placeholder_ok=True)
         staging = self._staging()
         try:
@@ -180,6 +183,18 @@ class ModelCatalog:
         return record
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _bounded(self, record: DistroRecord) -> DistroRecord:
+        """Refuse a record a client could grow without bound: every ListModels answer
+        carries every record."""
+        if len(record.labels) > self.max_labels:
+            raise BundleError(f"model info has {len(record.labels)} labels; at most "
+                              f"{self.max_labels} are accepted (model.max_labels)")
+        size = len(json.dumps(record.to_dict()).encode("utf-8"))
+        if size > self.max_record_bytes:
+            raise BundleError(f"model info is {size} bytes as distros.json; at most "
+                              f"{self.max_record_bytes} are accepted (model.max_record_bytes)")
+        return record
 
     def _refuse_existing(self, record: DistroRecord, placeholder_ok: bool = False) -> None:
         """Refuse a version that exists -- except, for an import, the placeholder that
