@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 import aiserving
 from aiserving import broker as brk
+from aiserving.api import openapi
 from aiserving.auth import Guard, Unauthenticated
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
@@ -117,6 +118,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _json({**backend["switch"], "bid": backend["bid"]})
 
     build = aiserving.build_info()
+    described = json.dumps(openapi.document())
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return Response(described, 200, mimetype="application/json")
 
     @app.get("/healthz")
     def healthz():

@@ -1,0 +1,102 @@
+"""The OpenAPI 3 description of the REST front, served at `/openapi.json`.
+
+Kept as data in the package (compiled into the release-pack like everything
+else); `tests/api/test_openapi.py` keeps it in step with the app's routes.
+"""
+
+from __future__ import annotations
+
+import aiserving
+
+_FAILED = {"$ref": "#/components/schemas/Failed"}
+
+
+def _answers(ok: dict, *codes: int) -> dict:
+    out = {"200": {"description": "success", "content": {"application/json": {"schema": ok}}}}
+    words = {400: "malformed request or unusable input", 401: "token missing or wrong",
+             404: "unknown model or backend", 409: "too many backends", 413: "body too large",
+             422: "bundle malformed, or its processing failed on this input",
+             500: "inference failed", 503: "not ready, queue full or redis unavailable "
+             "(Retry-After)", 504: "no result within request.timeout_s"}
+    for code in codes:
+        out[str(code)] = {"description": words[code],
+                          "content": {"application/json": {"schema": _FAILED}}}
+    return out
+
+
+def document() -> dict:
+    backend_id = {"type": "string", "description": "backend id (\"0\", \"1\", ...)"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "AIServing OnBoard", "version": aiserving.__version__,
+                 "description": "Legacy REST API of the edge inference node."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Failed": {"type": "object", "required": ["status", "message"], "properties": {
+                    "status": {"type": "string", "enum": ["failed"]},
+                    "message": {"type": "string"}}},
+                "DetectRequest": {"type": "object", "required": ["path"], "properties": {
+                    "path": {"type": "string", "description": "absolute path of the input "
+                             "file, under input.roots"},
+                    "bid": backend_id}},
+                "DetectAnswer": {"type": "object", "properties": {
+                    "status": {"type": "string", "enum": ["success"]},
+                    "result": {"description": "the bundle's post-processing output"},
+                    "message": {"type": "string"}, "uuid": {"type": "string"}}},
+                "SwitchRequest": {"type": "object", "properties": {
+                    "bid": backend_id, "btype": {"type": "string"},
+                    "model": {"type": "string"}, "mode": {"type": "string"},
+                    "device": {"type": "string"},
+                    "encrypted": {"type": "string", "description": "\"1\" for an encrypted "
+                                  "model_core (with a64key and pvtkey)"},
+                    "a64key": {"type": "string"}, "pvtkey": {"type": "string"}}},
+                "SwitchAnswer": {"type": "object", "properties": {
+                    "status": {"type": "string"}, "bid": backend_id}},
+                "SwitchState": {"type": "object", "properties": {
+                    "model": {"type": "string"}, "bid": backend_id,
+                    "status": {"type": "string", "enum": ["cleaning", "loading", "preheating",
+                                                          "loaded", "failed"]},
+                    "error": {"type": "string"}}},
+                "Health": {"type": "object", "properties": {
+                    "status": {"type": "string"}, "version": {"type": "string"},
+                    "compiled": {"type": "boolean"}}},
+                "Ready": {"type": "object", "properties": {
+                    "status": {"type": "string"},
+                    "backends": {"type": "array", "items": backend_id}}},
+            },
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/api/v1alpha/detect": {"post": {
+                "summary": "Run one input through a loaded model; blocks until the result.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/DetectRequest"}}}},
+                "responses": _answers({"$ref": "#/components/schemas/DetectAnswer"},
+                                      400, 401, 404, 413, 422, 500, 503, 504)}},
+            "/api/v1alpha/switch": {
+                "post": {"summary": "Load a model (on a new backend without bid); returns at "
+                                    "once.",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/SwitchRequest"}}}},
+                         "responses": _answers({"$ref": "#/components/schemas/SwitchAnswer"},
+                                               400, 401, 404, 409, 413, 422, 503)},
+                "get": {"summary": "Loading state of a backend (the last /switch's without bid).",
+                        "parameters": [{"name": "bid", "in": "query", "required": False,
+                                        "schema": backend_id}],
+                        "responses": _answers({"$ref": "#/components/schemas/SwitchState"},
+                                              401, 404, 503)}},
+            "/healthz": {"get": {"summary": "200 while the front and redis answer.",
+                                 "security": [{}],
+                                 "responses": _answers({"$ref": "#/components/schemas/Health"},
+                                                       503)}},
+            "/readyz": {"get": {"summary": "200 when a model is loaded and running.",
+                                "responses": _answers({"$ref": "#/components/schemas/Ready"},
+                                                      401, 503)}},
+            "/openapi.json": {"get": {"summary": "This document.",
+                                      "responses": {"200": {"description": "OpenAPI 3",
+                                                            "content": {"application/json": {
+                                                                "schema": {"type": "object"}}}},
+                                                    "401": {"description": "token missing"}}}},
+        },
+    }
