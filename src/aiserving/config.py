@@ -165,6 +165,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model.max_record_bytes", 1024 ** 2, "int",
             "Largest model record (distros.json) CreateModel, DistroConfig and imports "
             "accept: ListModels answers every record at once.", _positive),
+    Setting("import.max_entries", 10_000, "int",
+            "Most entries a model archive may have; counted while reading, before anything "
+            "is written.", _positive),
+    Setting("import.max_ratio", 200.0, "float",
+            "Most unpacked bytes per archive byte a model archive may have (a small archive "
+            "that unpacks to a disk-filling one is refused).", _positive),
     Setting("request.max_image_bytes", 32 * 1024 ** 2, "int",
             "Largest input accepted: an inline one (gRPC InferenceRemote) or a file named by "
             "`/detect` or InferenceLocal.", _positive),

@@ -327,3 +327,23 @@ def test_failure_during_extraction_leaves_the_target_empty(tmp_path, filters, mo
     assert len(written) == 1
     assert dest.exists() == dest_exists
     assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path):
+    # 4 MB of zeros packs to a few KB: far over the ratio, far under the byte limit.
+    archive = make_tar(tmp_path / "bomb.tar.gz", [file_entry("zeros.bin", b"\0" * 4_000_000)])
+    assert archive.stat().st_size < 20_000
+    dest = tmp_path / "dest"
+    with pytest.raises(BundleError, match="archive bomb"):
+        safe_extract(archive, dest, LIMIT, max_ratio=200)
+    assert not dest.exists()
+    safe_extract(archive, dest, LIMIT, max_ratio=10_000)  # allowed by a looser setting
+    assert (dest / "zeros.bin").stat().st_size == 4_000_000
+
+
+def test_too_many_entries_are_refused_while_reading(tmp_path):
+    archive = make_tar(tmp_path / "many.tar.gz", [file_entry(f"f{n}", b"x") for n in range(50)])
+    dest = tmp_path / "dest"
+    with pytest.raises(BundleError, match="more than 20 entries"):
+        safe_extract(archive, dest, LIMIT, max_entries=20)
+    assert not dest.exists()

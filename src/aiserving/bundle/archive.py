@@ -32,14 +32,24 @@ _SKIPPED_DIRS = ("__pycache__",)
 _HAS_FILTERS = hasattr(tarfile, "data_filter")
 
 
-def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
-    """Unpack a plain or gzip tar into `dest` (absent or empty), refusing unsafe entries."""
+def safe_extract(archive: Path, dest: Path, max_bytes: int, *, max_entries: int = 10_000,
+                 max_ratio: float = 200.0) -> None:
+    """Unpack a plain or gzip tar into `dest` (absent or empty), refusing unsafe entries.
+
+    Also refused before anything is written: more than `max_entries` entries, more
+    than `max_bytes` unpacked, or more than `max_ratio` unpacked bytes per archive
+    byte (a small archive that unpacks to a disk-filling one).
+    """
     archive, dest = Path(archive), Path(dest)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
         raise BundleError(f"cannot extract into {dest}: it exists and is not an empty folder")
     with _open_tar(archive) as tar:
-        members = _read_members(tar, archive)
-        _check_members(members, max_bytes)
+        members = _read_members(tar, archive, max_entries)
+        total = _check_members(members, max_bytes)
+        packed = max(archive.stat().st_size, 1)
+        if total > max_ratio * packed:
+            raise BundleError(f"archive {archive.name}: {packed} bytes unpack to {total}, more "
+                              f"than {max_ratio:.0f} times its size: refused as an archive bomb")
         for member in members:
             _neutralise_owner_and_mode(member)
         created = not dest.exists()
@@ -138,20 +148,28 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
         raise BundleError(f"{archive.name}: not a tar archive ({exc})") from None
 
 
-def _read_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+def _read_members(tar: tarfile.TarFile, archive: Path, max_entries: int) -> list[tarfile.TarInfo]:
     # Reading the whole member list first also catches a truncated or corrupt stream
-    # before anything is written.
+    # before anything is written; counting as it goes stops an archive of millions of
+    # entries before it fills the memory.
+    members = []
     try:
-        return tar.getmembers()
+        for member in tar:
+            members.append(member)
+            if len(members) > max_entries:
+                raise BundleError(f"{archive.name}: more than {max_entries} entries "
+                                  "(import.max_entries)")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise BundleError(f"{archive.name}: not a tar archive or damaged ({exc})") from None
+    return members
 
 
 def _parts(name: str) -> list[str]:
     return [p for p in name.split("/") if p not in ("", ".")]
 
 
-def _check_members(members: list[tarfile.TarInfo], max_bytes: int) -> None:
+def _check_members(members: list[tarfile.TarInfo], max_bytes: int) -> int:
+    """Refuse unsafe entries; returns the unpacked bytes of the regular files."""
     symlinks = {"/".join(_parts(m.name)) for m in members if m.issym()}
     kinds: dict[str, str] = {}
     total = 0
@@ -191,6 +209,7 @@ def _check_members(members: list[tarfile.TarInfo], max_bytes: int) -> None:
         elif not member.isdir():
             raise BundleError(f"archive entry {name!r}: unsupported entry type {member.type!r}")
         kinds[key] = "file" if member.isreg() else kind
+    return total
 
 
 def _check_symlink(member: tarfile.TarInfo, parts: list[str], symlinks: set[str]) -> None:

@@ -34,12 +34,15 @@ _ARCHIVE_RECORDS = ("configs.json", "distros.json")
 
 class ModelCatalog:
     def __init__(self, store: BundleStore, work_dir: Path, max_import_bytes: int,
-                 max_labels: int = 10_000, max_record_bytes: int = 1024 ** 2):
+                 max_labels: int = 10_000, max_record_bytes: int = 1024 ** 2,
+                 max_import_entries: int = 10_000, max_import_ratio: float = 200.0):
         self.store = store
         self.work_dir = Path(work_dir)
         self.max_import_bytes = max_import_bytes
         self.max_labels = max_labels
         self.max_record_bytes = max_record_bytes
+        self.max_import_entries = max_import_entries
+        self.max_import_ratio = max_import_ratio
         self.exports_dir = self.work_dir / "exports"
         # Beside models/, so moving a finished bundle in is a rename on one filesystem.
         self.tmp_dir = self.store.root.parent / ".import-tmp"
@@ -162,7 +165,8 @@ class ModelCatalog:
         staging = self._staging()
         try:
             unpacked = staging / "unpacked"
-            safe_extract(Path(archive), unpacked, self.max_import_bytes)
+            safe_extract(Path(archive), unpacked, self.max_import_bytes,
+                         max_entries=self.max_import_entries, max_ratio=self.max_import_ratio)
             content = _content_folder(unpacked)
             for name in _ARCHIVE_RECORDS:
                 _remove(content / name)

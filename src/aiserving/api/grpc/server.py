@@ -34,7 +34,8 @@ class GrpcServer:
         run = settings.storage / "run"
         self.uploads = UploadStore(run / "uploads", settings["upload.ttl_s"])
         self.catalog = ModelCatalog(node.store, run, settings["import.max_bytes"],
-                                    settings["model.max_labels"], settings["model.max_record_bytes"])
+                                    settings["model.max_labels"], settings["model.max_record_bytes"],
+                                    settings["import.max_entries"], settings["import.max_ratio"])
         max_message = max(_MAX_MESSAGE, settings["request.max_image_bytes"] * 4 // 3 + 1024)
         guard = Guard(settings["auth.token"], settings["auth.admin_token"])
         self.server = grpc.server(
