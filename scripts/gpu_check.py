@@ -58,24 +58,18 @@ def check_pytorch(work: Path) -> None:
 def check_pytorch_node(work: Path) -> None:
     import os
 
-    from tests.support.bundles import POST_FRAME_PY, reference, write_bundle, write_image
+    from tests.support.bundles import POST_FRAME_PY, expected_result, write_bundle, write_image
     from tests.support.node import NodeProcess
     from tests.support.served import check_served
 
     storage = work / "node-storage"
     bundle = write_bundle(storage, mode="structureEmbed", seed=5, post=POST_FRAME_PY)
     images = [write_image(work / f"img{n}.png", seed=n) for n in range(6)]
-    labels = bundle.record.labels
-
-    def expected(path):
-        scores = reference(bundle, path)
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return {"path": str(path), "scores": scores, "label": labels[best], "name": labels[best]}
-
     os.environ["AISRV_BE_TRPY_DEVICE"] = "cuda"
     node = NodeProcess(storage, args=["--profile"]).start()
     try:
-        check_served(node, bundle, images, expected, path_keys=("path",))
+        check_served(node, bundle, images, lambda path: expected_result(bundle, path),
+                     path_keys=("path",))
         on_cuda = "on cuda" in node.log()
         record("pytorch node (REST + gRPC, batch 1 and 8)", "PASS" if on_cuda else "FAIL",
                "workers served on cuda; results equal plain torch on the CPU" if on_cuda

@@ -2,6 +2,7 @@ import pytest
 
 from aiserving.config import SETTINGS, Settings, env_name, settings_table
 from aiserving.errors import ConfigError
+from tests.support.legacy import legacy_settings
 
 
 def test_defaults_run_with_no_configuration(tmp_path, monkeypatch):
@@ -75,20 +76,7 @@ def test_readme_carries_the_generated_settings_table():
                                        "`PYTHONPATH=src python -m aiserving settings-table`")
 
 
-# The old product's own template (settings_tmpl.py), filled in as a device has it.
-LEGACY_TEMPLATE = """\
-settings = {
-    'port': "[::]:50051",
-    'storage': "/home/jk-97/aiserving_storage",
-    'preheat': "/home/jk-97/aiserving_storage/preheat.jpeg",
-    'redis.host': "localhost",
-    'redis.port': "6379",
-    'be.tfsrv.host': "127.0.0.1", 'be.tfsrv.adapter': "restful",
-    'be.tfsrv.grpc_port': "8500", 'be.tfsrv.rest_port': "8501",
-    'be.trpy.mixed_mode': "1", 'be.trpy.device': "cuda",
-    'be.rknnpy.target': "rk3399pro",
-}
-"""
+LEGACY_TEMPLATE = legacy_settings()  # the old product's template, as a device has it
 
 
 def test_the_old_products_template_reads_as_it_did(tmp_path):

@@ -42,7 +42,13 @@ class Generation:
 
     @property
     def error(self) -> str:
-        return next((p.msg for p in self.procs if (p.failed or p.status in _FAILED) and p.msg), "")
+        msg = next((p.msg for p in self.procs if (p.failed or p.status in _FAILED) and p.msg), "")
+        if msg and self.bundle.encrypted:
+            # AES-CBC cannot tell a wrong key: it yields bytes the framework refuses, or
+            # even crashes on, so whatever the failure, the key is the first suspect.
+            msg += (" (the model is encrypted: a wrong a64key or pvtkey gives a model_core no "
+                    "framework can read)")
+        return msg
 
     def stop(self) -> None:
         for p in self.procs:

@@ -27,8 +27,7 @@ from aiserving import broker as brk
 from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
-from aiserving.errors import (AiservingError, BundleError, InferenceError, ProcessingError,
-                              RequestTimeout)
+from aiserving.errors import AiservingError, InferenceError, ProcessingError, RequestTimeout
 from aiserving.intake import limit_pixels
 from aiserving.logs import setup_logging
 from aiserving.pipeline import Item, Pipeline, Timings, to_json
@@ -134,14 +133,7 @@ class Worker:
             bundle = bundle.with_secret(base64.b64decode(self.spec["secret"]))
         vendor = VendorCode.load(bundle)
         backend = create_backend(bundle.record.backend_type, self.settings)
-        try:
-            backend.load(bundle, self.spec.get("device") or None)
-        except BundleError as exc:
-            if bundle.encrypted and "model_core" in exc.message:
-                # AES-CBC cannot tell a wrong key: it gives bytes no framework reads.
-                exc.message += (" (the model is encrypted: a wrong a64key or pvtkey gives a "
-                                "model_core no framework can read)")
-            raise
+        backend.load(bundle, self.spec.get("device") or None)
         return Pipeline(bundle, vendor, backend, on_stage=self._on_stage)
 
     def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:

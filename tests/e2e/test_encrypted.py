@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     expected = {
         "onnx": onnx_models.reference(cases["onnx"], image),
         "tflite": tflite_models.reference(cases["tflite"], image),
-        "torchscript": _torch_expected(cases["torchscript"], image),
+        "torchscript": bundles.expected_result(cases["torchscript"], image),
         "tensorflow": tf_model.reference(image),
     }
     for plain in cases.values():
@@ -61,13 +61,6 @@ def world(tmp_path_factory):
            "storage": storage}
     client.close()
     node.stop()
-
-
-def _torch_expected(bundle, image):
-    scores = bundles.reference(bundle, image)
-    best = max(range(len(scores)), key=scores.__getitem__)
-    label = bundle.record.labels[best]
-    return {"path": str(image), "scores": scores, "label": label, "name": label}
 
 
 def _load(client, bundle, device, a64key=None):

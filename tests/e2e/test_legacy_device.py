@@ -28,21 +28,9 @@ from PIL import Image
 from tests.support.bundles import reference, tiny_model, write_bundle, write_image
 from tests.support.grpc_client import (Client, backend_pb2, common_pb2, exchange_pb2,
                                        inference_pb2, model_pb2)
+from tests.support.legacy import legacy_settings
 from tests.support.node import NodeProcess, free_port
 
-TEMPLATE = textwrap.dedent('''\
-    settings = {{
-        'port': "{grpc}",
-        'storage': "{storage}",
-        'preheat': "{preheat}",
-        'redis.host': "localhost",
-        'redis.port': "{redis_port}",
-        'be.tfsrv.host': "127.0.0.1", 'be.tfsrv.adapter': "restful",
-        'be.tfsrv.grpc_port': "8500", 'be.tfsrv.rest_port': "8501",
-        'be.trpy.mixed_mode': "1", 'be.trpy.device': "cuda",
-        'be.rknnpy.target': "rk3399pro",
-    }}
-''')
 
 # A bundle whose input is a raw array, not a picture, and which warms up on its own.
 NPY_PRE = textwrap.dedent('''\
@@ -86,7 +74,7 @@ def device(tmp_path_factory):
     redis_port, grpc_port = free_port(), free_port()
     server = _redis_server(root, redis_port)
     settings = root / "settings.py"
-    settings.write_text(TEMPLATE.format(grpc=f"127.0.0.1:{grpc_port}", storage=storage,
+    settings.write_text(legacy_settings(grpc=f"127.0.0.1:{grpc_port}", storage=storage,
                                         preheat=preheat, redis_port=redis_port))
     node = NodeProcess(storage, args=["--settings", str(settings)])
     for name in ("AISRV_STORAGE", "AISRV_GRPC_ADDRESS", "AISRV_REDIS_PORT", "AISRV_PREHEAT"):

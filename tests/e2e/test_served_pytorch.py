@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support.bundles import POST_FRAME_PY, reference, write_bundle, write_image
+from tests.support.bundles import POST_FRAME_PY, expected_result, write_bundle, write_image
 from tests.support.served import check_served
 
 
@@ -10,13 +10,7 @@ from tests.support.served import check_served
 def test_served_results_equal_plain_torch(storage, tmp_path, start_node, mode):
     bundle = write_bundle(storage, mode=mode, seed=5, post=POST_FRAME_PY)
     images = [write_image(tmp_path / f"img{n}.png", seed=n) for n in range(6)]
-    labels = bundle.record.labels
-
-    def expected(path):
-        scores = reference(bundle, path)
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return {"path": str(path), "scores": scores, "label": labels[best], "name": labels[best]}
-
     node = start_node(storage, args=["--profile"])
     # InferenceRemote hands the bundle a private temp file: its "path" differs.
-    check_served(node, bundle, images, expected, path_keys=("path",))
+    check_served(node, bundle, images, lambda path: expected_result(bundle, path),
+                 path_keys=("path",))

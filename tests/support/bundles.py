@@ -135,3 +135,11 @@ def reference(bundle, image_path: Path, grey: bool = False) -> list[float]:
     array = array[None] if grey else array.transpose(2, 0, 1)
     with torch.no_grad():
         return model(torch.from_numpy(array[None]))[0].tolist()
+
+
+def expected_result(bundle, image_path: Path) -> dict:
+    """What POST_FRAME_PY answers for one image: plain torch's scores, best label and name."""
+    scores = reference(bundle, image_path)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return {"path": str(image_path), "scores": scores, "label": bundle.record.labels[best],
+            "name": bundle.record.mapping[best]}
