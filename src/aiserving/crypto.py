@@ -62,8 +62,8 @@ def legacy_key(a64key: str, pvtkey: str) -> bytes:
         # bytes no framework reads, and that load error says so.
         secret = private.decrypt(sealed, padding.PKCS1v15())
     except ValueError:
-        raise ModelKeyError("'a64key' cannot be decrypted with the private key 'pvtkey'") \
-            from None
+        raise ModelKeyError("'a64key' cannot be decrypted with the private key 'pvtkey': a "
+                            "wrong a64key or pvtkey") from None
     return hashlib.sha256(secret).digest()
 
 
