@@ -70,6 +70,20 @@ def test_a_wrong_key_is_a_clear_error(keys, tmp_path, case, words):
     assert err.value.code == 107
 
 
+def test_a_pvtkey_that_is_no_key_file_is_neither_read_nor_waited_on(keys, tmp_path):
+    # Found by the gRPC fuzz: /dev/zero was read until memory ran out, a FIFO blocked
+    # the rpc's thread for ever, and a NUL byte escaped as an unexpected ValueError.
+    device, _ = keys
+    a64key = encryption.seal(device, b"secret")
+    os.mkfifo(tmp_path / "fifo.pem")
+    (tmp_path / "huge.pem").write_bytes(b"-" * (1024 * 1024))
+    for pvtkey in ("/dev/zero", str(tmp_path / "fifo.pem"), str(tmp_path), "/tmp/a\x00b.pem",
+                   str(tmp_path / "huge.pem")):
+        with pytest.raises(ModelKeyError, match="cannot be read") as err:
+            legacy_key(a64key, pvtkey)
+        assert err.value.code == 107
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda blob: blob[:-16], "truncated"),
     (lambda blob: blob[:20], "too short"),

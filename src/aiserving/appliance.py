@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,11 +29,13 @@ import redis
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aiserving  # noqa: E402
+from aiserving import metrics
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, ConfigError
 from aiserving.node import Node
 from aiserving.procutil import die_with_parent, stop_process
 from aiserving.redis_server import EmbeddedRedis
+from aiserving.tls import TlsFiles, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Appliance:
         self.node: Node | None = None
         self.grpc = None
         self.front: subprocess.Popen | None = None
+        self.tls: TlsFiles | None = None
         self._stop = threading.Event()
 
     def run(self, on_ready=None) -> int:
@@ -78,7 +82,10 @@ class Appliance:
         s.storage.mkdir(parents=True, exist_ok=True)
         _check_port_free(s["http.host"], s["http.port"])
         url = s.redis_url
+        self.tls = load_tls(s)  # before anything starts: a bad file is one clear line
         _check_doors(s)
+        # Before any process of the node records a metric (they all inherit it).
+        metrics.enable(s.storage / "run" / "metrics")
         if url is None:
             self.redis = EmbeddedRedis(s.storage / "run", s["redis.bind"], int(s["redis.port"]),
                                        s["redis.password"]).start()
@@ -92,7 +99,7 @@ class Appliance:
         self.node.start()
         from aiserving.api.grpc.server import GrpcServer  # fails fast if protos are not generated
 
-        self.grpc = GrpcServer(self.node).start()
+        self.grpc = GrpcServer(self.node, self.tls).start()
         self._autoload(self.node.restore())
         self._start_front(url)
 
@@ -139,21 +146,33 @@ class Appliance:
                "--log-level", "debug" if debug else "warning"]
         if debug:
             cmd += ["--access-logfile", "-"]
+        if self.tls is not None:
+            cmd += ["--certfile", self.tls.cert_path, "--keyfile", self.tls.key_path]
         cmd.append("aiserving.api.rest:create_app()")
         self.front = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                       start_new_session=True, preexec_fn=die_with_parent)
         host = "127.0.0.1" if s["http.host"] in ("0.0.0.0", "", "[::]", "::") else s["http.host"]
-        url = f"http://{host}:{s['http.port']}/healthz"
+        scheme = "http" if self.tls is None else "https"
+        url = f"{scheme}://{host}:{s['http.port']}/healthz"
+        probe = None
+        if self.tls is not None:
+            # Our own front on this box, asked only whether it answers: the certificate
+            # may name the device, not this address, so it is not verified here.
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            probe.check_hostname = False
+            probe.verify_mode = ssl.CERT_NONE
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.front.poll() is not None:
                 raise ConfigError(f"The REST front (gunicorn) exited at start with code "
                                   f"{self.front.returncode}; see the log above.")
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
+                with urllib.request.urlopen(url, timeout=1, context=probe) as response:
                     if response.status == 200:
-                        log.info("REST front listening on http://%s:%s (pid %d)", s["http.host"],
-                                 s["http.port"], self.front.pid)
+                        door = "plain text, no TLS (set tls.cert and tls.key for HTTPS)" \
+                            if self.tls is None else f"HTTPS, certificate {self.tls.cert_path}"
+                        log.info("REST front listening on %s://%s:%s: %s (pid %d)", scheme,
+                                 s["http.host"], s["http.port"], door, self.front.pid)
                         return
             except OSError:
                 time.sleep(0.1)
@@ -169,7 +188,7 @@ class Appliance:
         grace = self.settings.grace_s
         if self.grpc is not None:
             self.grpc.server.stop(grace)  # no new calls from here on; running ones go on
-        stop_process(self.front, grace + 10)
+        stop_process(self.front, grace + 10, children_too=True)
         if self.grpc is not None:
             self.grpc.stop(grace)
             self.grpc = None
@@ -198,11 +217,14 @@ def _check_doors(s: Settings) -> None:
         raise ConfigError(f"Setting 'redis.bind' is {s['redis.bind']!r}, beyond loopback, but "
                           "'redis.password' is empty: set a password, or keep redis on 127.0.0.1.")
     doors = []
-    if not (s["auth.token"] or s["auth.admin_token"]):
+    if not s["auth.token"]:  # an admin token alone leaves inference open
         doors += [("REST", "http.host", s["http.host"]),
                   ("gRPC", "grpc.address", s["grpc.address"].rpartition(":")[0])]
     if embedded_tcp:
         doors.append(("redis", "redis.bind", s["redis.bind"]))
+    if s["auth.admin_addresses"]:
+        log.info("management calls are accepted only from %s (auth.admin_addresses)",
+                 ", ".join(s["auth.admin_addresses"]))
     for door, key, host in doors:
         if not is_loopback(host):
             log.warning("%s listens on %s (%s), beyond loopback, without authentication: "

@@ -5,13 +5,22 @@ With `auth.token` set, every REST call but `/healthz` needs `Authorization: Bear
 `auth.admin_token` set too, management calls (loading and unloading models,
 creating, changing, deleting, importing and exporting stored models, uploads and
 downloads) need the admin token; it also passes wherever the plain token does.
+An admin token alone guards management calls only; inference stays open.
 Tokens are compared in constant time. Without tokens (the default, what fleets
 in the field speak) nothing is asked: the doors stay on loopback unless opened.
+
+With `auth.admin_addresses` set, management calls are also accepted only from a
+peer inside one of its networks (403 / PERMISSION_DENIED otherwise). The peer is
+the connection's own address: the REST front has no proxy in front of it, so a
+client-sent `X-Forwarded-For` is never believed. A unix-socket peer is on this
+box and counts as loopback.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+from urllib.parse import unquote
 
 from aiserving.errors import AiservingError
 
@@ -32,19 +41,50 @@ class Unauthenticated(AiservingError):
     http_status = 401
 
 
+class Forbidden(AiservingError):
+    code = 1
+    http_status = 403
+
+
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
 class Guard:
-    def __init__(self, token: str, admin_token: str):
+    def __init__(self, token: str, admin_token: str, admin_addresses=()):
         self.token = token.encode()
         self.admin = admin_token.encode()
+        self.networks = tuple(ipaddress.ip_network(a.strip(), strict=False)
+                              for a in admin_addresses)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Guard":
+        return cls(settings["auth.token"], settings["auth.admin_token"],
+                   settings["auth.admin_addresses"])
 
     @property
     def active(self) -> bool:
-        return bool(self.token or self.admin)
+        return bool(self.token or self.admin or self.networks)
+
+    def check_address(self, peer: str | None) -> None:
+        """Raise Forbidden unless a management call may come from `peer`.
+
+        `peer`: a REST remote address ("10.0.0.5", "::ffff:10.0.0.5") or a gRPC
+        peer ("ipv4:10.0.0.5:4711", "ipv6:[::1]:4711", "unix:/path").
+        """
+        if not self.networks:
+            return
+        address = peer_address(peer)
+        allowed = (_LOOPBACK if address == "unix" else (address,)) if address else ()
+        if any(a in net for a in allowed for net in self.networks if a.version == net.version):
+            return
+        shown = "a unix socket" if address == "unix" else str(address or peer or "an unknown peer")
+        raise Forbidden(f"management calls are accepted only from the addresses in "
+                        f"auth.admin_addresses; {shown} is not one of them")
 
     def check(self, authorization: str | None, admin: bool) -> None:
         """Raise Unauthenticated unless `authorization` ("Bearer <token>") may do this."""
-        if not self.active:
-            return
+        if not (self.token or self.admin) or not (admin or self.token):
+            return  # no token asked, or an admin token alone guards management only
         given = b""
         if authorization and authorization[:7].lower() == "bearer ":
             given = authorization[7:].strip().encode()
@@ -57,3 +97,24 @@ class Guard:
         if ok_admin or (self.token and hmac.compare_digest(given, self.token)):
             return
         raise Unauthenticated("a token is needed: send 'Authorization: Bearer <token>'")
+
+
+def peer_address(peer: str | None):
+    """The IP address of a REST or gRPC peer (IPv4-mapped IPv6 as IPv4), "unix", or None."""
+    if not peer:
+        return None
+    text = unquote(peer)
+    if text.startswith(("unix:", "unix-abstract:")):
+        return "unix"
+    if text.startswith("ipv4:"):
+        text = text[5:].rpartition(":")[0]
+    elif text.startswith("ipv6:"):
+        text = text[5:].rpartition(":")[0].strip("[]")
+    text = text.split("%", 1)[0]  # an IPv6 zone (fe80::1%eth0)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address

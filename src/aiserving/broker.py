@@ -29,9 +29,11 @@ RESULT_DB = 5
 GROUP = "workers"
 REPLY_TTL_S = 120
 
-# KEYS: stream, its inline-bytes counter. ARGV: max jobs, this job's inline bytes,
-# max inline bytes, then the job's fields.
+# KEYS: stream, its inline-bytes counter, the node's routes version. ARGV: max jobs,
+# this job's inline bytes, max inline bytes, the routes version the caller routed by
+# ('' when it read the record itself), then the job's fields.
 _ENQUEUE = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return 'stale' end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 local size = tonumber(ARGV[2])
 if size > 0 then
@@ -40,7 +42,7 @@ if size > 0 then
   end
   redis.call('INCRBY', KEYS[2], size)
 end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 """
 
 
@@ -107,12 +109,32 @@ class NodeKeys:
         prefix = f"aisrv:node:{node}"
         self.backends = f"{prefix}:backends"  # hash: bid -> backend JSON (written by the node only)
         self.rest_bid = f"{prefix}:rest_bid"  # the backend legacy REST calls go to
+        # hash: bid -> the routing part of the record (what the front needs per request),
+        # and a counter bumped whenever any route or rest_bid changes.
+        self.routes = f"{prefix}:routes"
+        self.version = f"{prefix}:routes_version"
         self.alive = f"{prefix}:alive"  # heartbeat with a TTL
         self.commands = f"{prefix}:commands"  # list: commands from the REST front
 
     @staticmethod
     def command_reply(cid: str) -> str:
         return f"aisrv:cmdreply:{cid}"
+
+
+class StaleRoute(Exception):
+    """The routes changed after the caller read them: route again."""
+
+
+def route_of(record: dict) -> dict:
+    """The part of a published backend record the front routes a request by.
+
+    Labels and the rest of the model record stay out: a model with a thousand
+    labels would otherwise be fetched and parsed for every request.
+    """
+    model = record.get("model") or {}
+    return {"bid": record["bid"], "serving": record.get("serving"),
+            "switch": {"status": record["switch"]["status"]},
+            "model": {"modelext": model.get("modelext") or ""}}
 
 
 class Broker:
@@ -128,6 +150,9 @@ class Broker:
         self.inline_max = inline_max
         self.result_ttl = result_ttl
         self._enqueue = self.db.register_script(_ENQUEUE)
+        self._routes: dict[str, dict] | None = None  # bid -> route, as of `_version`
+        self._rest_bid = ""
+        self._version = ""
 
     # --- front side -------------------------------------------------------------
 
@@ -143,20 +168,67 @@ class Broker:
             raise BackendNotFound(f"no backend {bid.decode() if isinstance(bid, bytes) else bid}")
         return json.loads(raw)
 
+    def route(self, bid: str | None, fresh: bool = False) -> dict:
+        """Where a request for `bid` (or for the REST door's backend) goes, from a cache.
+
+        The cache is checked, not trusted: `enqueue` with the route's `version`
+        refuses with StaleRoute if anything changed since, and the caller routes
+        again with `fresh`. An unknown or not-serving backend is looked up afresh
+        before it is refused.
+        """
+        for refresh in ((True,) if fresh or self._routes is None else (False, True)):
+            if refresh:
+                self._refresh_routes()
+            target = bid or self._rest_bid
+            found = self._routes.get(target) if target else None
+            if found is not None and found.get("serving") or refresh and found is not None:
+                return {**found, "version": self._version}
+        if not target:
+            raise NotReady("no model has been switched in on this node: POST "
+                           "/api/v1alpha/switch first")
+        raise BackendNotFound(f"no backend {target}")
+
+    def _refresh_routes(self) -> None:
+        pipe = self.db.pipeline(transaction=True)  # one consistent view
+        pipe.get(self.keys.version)
+        pipe.get(self.keys.rest_bid)
+        pipe.hgetall(self.keys.routes)
+        version, rest_bid, routes = pipe.execute()
+        # No counter yet: a version no enqueue will match, so nothing is queued by it.
+        self._version = (version or b"0").decode()
+        self._rest_bid = (rest_bid or b"").decode()
+        self._routes = {k.decode(): json.loads(v) for k, v in routes.items()}
+
     def backends(self) -> list[dict]:
         return [json.loads(v) for v in self.db.hvals(self.keys.backends)]
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting or in flight per model this node's backends serve."""
+        models = sorted({b["serving"] for b in self.backends() if b.get("serving")})
+        pipe = self.db.pipeline(transaction=False)
+        for model in models:
+            pipe.xlen(stream_key(model))
+        return dict(zip(models, pipe.execute()))
 
     def node_alive(self) -> bool:
         return bool(self.db.exists(self.keys.alive))
 
-    def enqueue(self, fullhash: str, fields: dict[str, str | bytes | float]) -> str:
+    def enqueue(self, fullhash: str, fields: dict[str, str | bytes | float],
+                version: str | None = None) -> str:
         """Add a job to a model's stream, or raise QueueFull at once when it is full:
-        `queue_max` jobs, or `inline_max` bytes of inline inputs held for the model."""
+        `queue_max` jobs, or `inline_max` bytes of inline inputs held for the model.
+
+        `version`: that of the route the caller took (`route`); StaleRoute if the
+        routes changed since, and nothing is queued.
+        """
         size = len(fields.get("image") or b"")
-        args: list = [self.queue_max, size, self.inline_max]
+        args: list = [self.queue_max, size, self.inline_max, version or ""]
         for k, v in fields.items():
             args += [k, v]
-        msg_id = self._enqueue(keys=[stream_key(fullhash), inline_key(fullhash)], args=args)
+        msg_id = self._enqueue(keys=[stream_key(fullhash), inline_key(fullhash),
+                                     self.keys.version], args=args)
+        if msg_id == b"stale":
+            raise StaleRoute()
         if msg_id is None:
             raise QueueFull(f"the queue of model {fullhash} is full ({self.queue_max} jobs); "
                             "retry later")
@@ -219,7 +291,10 @@ class Broker:
         the job run again, never vanish.
         """
         ids = []
-        pipe = self.results.pipeline(transaction=False)
+        # One round trip for the whole batch: results in db 5, then, back in db 0, the
+        # acknowledgement. The connection ends the pipeline in db 0, where it belongs.
+        pipe = self.db.pipeline(transaction=False)
+        pipe.execute_command("SELECT", RESULT_DB)
         for msg_id, uuid, wait, stored, reply in done:
             ids.append(msg_id)
             if uuid:
@@ -227,14 +302,13 @@ class Broker:
             if wait:
                 pipe.rpush(reply_key(uuid), reply)
                 pipe.expire(reply_key(uuid), REPLY_TTL_S)
-        pipe.execute()
+        pipe.execute_command("SELECT", 0)
         if ids:
-            pipe = self.db.pipeline(transaction=False)
             pipe.xack(stream_key(fullhash), GROUP, *ids)
             pipe.xdel(stream_key(fullhash), *ids)
             if inline:
                 pipe.decrby(inline_key(fullhash), inline)
-            pipe.execute()
+        pipe.execute()
 
     def fail_pending(self, fullhash: str, consumer: str, ids: list[str],
                      error: AiservingError) -> list[str]:

@@ -38,8 +38,34 @@ def main(argv: list[str] | None = None, default_settings: str | None = None) -> 
 
     check = sub.add_parser("check-bundle", help="validate a JSM bundle folder")
     check.add_argument("path")
+    check.add_argument("--settings", default=default_settings,
+                       help="settings.py naming the device key for a sealed bundle")
 
     sub.add_parser("settings-table", help="print the settings table (markdown)")
+
+    bundle = sub.add_parser("bundle", help="bundle tools (check, encrypt)")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    bcheck = bundle_sub.add_parser("check", help="validate a JSM bundle folder")
+    bcheck.add_argument("path")
+    bcheck.add_argument("--settings", default=default_settings,
+                        help="settings.py naming the device key for a sealed bundle")
+    encrypt = bundle_sub.add_parser(
+        "encrypt", help="seal a bundle's code and model files for one device key "
+        "(AES-256-GCM, key wrapped with RSA-OAEP)")
+    encrypt.add_argument("path", help="the bundle folder")
+    encrypt.add_argument("--device-key", required=True,
+                         help="the device's public key (PEM; `aiserving device-key` made it)")
+    encrypt.add_argument("--out", help="folder to write the sealed bundle to "
+                         "(default: <bundle>.sealed beside it)")
+    encrypt.add_argument("--also", action="append", default=[], metavar="FILE",
+                         help="seal this file of the bundle too (repeatable)")
+
+    devkey = sub.add_parser("device-key", help="make this device's key pair for sealed "
+                            "bundles (or show its fingerprint)")
+    devkey.add_argument("--settings", default=default_settings)
+    devkey.add_argument("--out", help="private key path (default: setting crypto.device_key)")
+    devkey.add_argument("--force", action="store_true",
+                        help="replace an existing key (bundles sealed for it stop loading)")
 
     args = parser.parse_args(argv)
     sys.exit(_COMMANDS[args.command](args))
@@ -103,7 +129,8 @@ def _announce_demo(samples):
         host = "127.0.0.1" if s["http.host"] in ("0.0.0.0", "[::]", "::") else s["http.host"]
         body = json.dumps({"path": str(samples / "circle.jpg")})
         print(f"\nThe demo model is loaded. Ask it what the sample image shows:\n\n"
-              f"  curl -s -X POST http://{host}:{s['http.port']}/api/v1alpha/detect "
+              f"  curl -s -X POST {'https' if s['tls.cert'] else 'http'}://{host}:{s['http.port']}"
+              f"/api/v1alpha/detect {'--cacert ' + s['tls.cert'] + ' ' if s['tls.cert'] else ''}"
               f"-H 'Content-Type: application/json' -d '{body}'\n\n"
               f"(more samples in {samples}; Ctrl-C stops the node)\n", flush=True)
     return on_ready
@@ -132,6 +159,8 @@ def cmd_check_bundle(args) -> int:
     path = Path(args.path).resolve()
     try:
         bundle = BundleStore(path.parent.parent.parent).load(path.parent.name, path.name)
+        if bundle.sealed_files():
+            bundle = bundle.with_device_key(_load_settings(args)["crypto.device_key"])
         VendorCode.load(bundle)
     except AiservingError as exc:
         print(f"bad bundle: {exc.message}", file=sys.stderr)
@@ -145,5 +174,66 @@ def cmd_settings_table(args) -> int:
     return 0
 
 
+def cmd_bundle(args) -> int:
+    if args.bundle_command == "check":
+        return cmd_check_bundle(args)
+    from pathlib import Path
+
+    from aiserving.bundle import sealed
+
+    source = Path(args.path)
+    target = Path(args.out) if args.out else source.with_name(source.name + ".sealed")
+    if not (source / "distros.json").is_file():
+        return _fail(f"{source} is not a bundle folder (no distros.json)")
+    if target.exists():
+        return _fail(f"{target} already exists; name another folder with --out")
+    try:
+        public = sealed.read_public_key(Path(args.device_key))
+    except (OSError, ValueError, TypeError) as exc:
+        return _fail(f"--device-key {args.device_key}: not a PEM RSA key: {exc}")
+    try:
+        names = sealed.seal_bundle(source, target, public, args.also)
+    except (OSError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"sealed {len(names)} files for device key "
+          f"{sealed.show(sealed.fingerprint(public))} into {target}:")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def cmd_device_key(args) -> int:
+    from pathlib import Path
+
+    from aiserving.bundle import sealed
+
+    try:
+        path = Path(args.out) if args.out else Path(_load_settings(args)["crypto.device_key"])
+    except ConfigError as exc:
+        return _fail(exc.message)
+    if path.exists() and not args.force:
+        try:
+            key = sealed.DeviceKey.load(str(path))
+        except AiservingError as exc:
+            return _fail(exc.message)
+        print(f"device key {path} exists (--force replaces it)\n"
+              f"fingerprint {sealed.show(key.digest)}")
+        return 0
+    try:
+        digest = sealed.make_device_key(path)
+    except OSError as exc:
+        return _fail(f"cannot write {path}: {exc.strerror or exc}")
+    print(f"private key {path} (mode 0600; keep it on this device)\n"
+          f"public key  {sealed.public_path(path)} (give it to model vendors)\n"
+          f"fingerprint {sealed.show(digest)}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"aiserving: {message}", file=sys.stderr)
+    return 1
+
+
 _COMMANDS = {"serve": cmd_serve, "demo": cmd_demo, "check-bundle": cmd_check_bundle,
-             "settings-table": cmd_settings_table}
+             "settings-table": cmd_settings_table, "bundle": cmd_bundle,
+             "device-key": cmd_device_key}

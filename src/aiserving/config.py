@@ -9,6 +9,7 @@ sentence naming the setting (`ConfigError`).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -49,6 +50,15 @@ def _one_of(*choices):
 
 def _torch_device(v):
     return None if re.fullmatch(r"cpu|cuda(:\d+)?", v) else "must be 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _networks(v):
+    try:
+        for item in v:
+            ipaddress.ip_network(item.strip(), strict=False)
+    except ValueError as exc:
+        return f"must list IP addresses or CIDR networks (e.g. 127.0.0.1,10.0.0.0/8): {exc}"
+    return None
 
 
 def _log_level(v):
@@ -151,12 +161,48 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.admin_token", "", "str",
             "Bearer token management calls must carry (loads, unloads, model create/change/"
             "delete/import/export, uploads, downloads); it passes wherever `auth.token` does. "
-            "Empty: `auth.token` covers them."),
+            "Empty: `auth.token` covers them. Set alone, it guards management calls only."),
+    Setting("crypto.device_key", "", "str",
+            "This device's private key (PEM; `aiserving device-key` makes it, mode 0600): "
+            "bundles sealed for its public key (`aiserving bundle encrypt`) load without "
+            "any key in the request. A relative path is taken from the settings file's "
+            "folder. Empty: `<storage>/keys/device-key.pem`."),
+    Setting("auth.admin_addresses", [], "list",
+            "Addresses management calls (those `auth.admin_token` covers) are accepted from: "
+            "IP addresses or CIDR networks (e.g. `127.0.0.1,10.0.0.0/8`), checked against the "
+            "connection's own peer address (never `X-Forwarded-For`); others get 403 / "
+            "PERMISSION_DENIED. With tokens set, both must pass. Empty: no address check.",
+            _networks),
+    Setting("tls.cert", "", "str",
+            "PEM certificate (chain) of the node: with `tls.key`, gRPC uses TLS and the REST "
+            "front serves HTTPS only. A relative path is taken from the settings file's "
+            "folder. Empty: both doors speak plain text, as the old product."),
+    Setting("tls.key", "", "str",
+            "PEM private key of `tls.cert` (not passphrase-protected; keep it mode 0600)."),
+    Setting("tls.client_ca", "", "str",
+            "PEM CA certificate(s) gRPC clients must present a certificate from (mutual TLS); "
+            "needs `tls.cert`. Empty: no client certificate asked. REST does not ask one."),
+    Setting("grpc.max_message_bytes", 0, "int",
+            "Largest gRPC message the node receives or sends; a larger one is refused with "
+            "RESOURCE_EXHAUSTED. 0: room for the base64 of a `request.max_image_bytes` "
+            "InferenceRemote image (about 43 MiB by default). At least 2 MiB + 64 KiB (an "
+            "UploadBin chunk).",
+            lambda v: None if v == 0 or v >= 2 * 1024 ** 2 + 64 * 1024
+            else "must be 0 or at least 2162688 (a 2 MiB upload chunk and its envelope)"),
     Setting("grpc.load_timeout_s", 300.0, "float",
             "Longest CreateAndLoadModel waits for the model to run before it gives up and "
             "removes the backend it created.", _positive),
     Setting("upload.ttl_s", 3600, "int",
-            "Seconds an upload (gRPC UploadBin) is kept if no import uses it.", _positive),
+            "Seconds an upload (gRPC UploadBin) is kept if no import uses it; an older one "
+            "is gone (an import naming it answers 104).", _positive),
+    Setting("upload.max_bytes", 500 * 2 * 1024 ** 2, "int",
+            "Largest single upload (the legacy bound: 500 chunks of 2 MiB); past it the "
+            "upload is refused (uuid `-1`, then RESOURCE_EXHAUSTED) and its file removed.",
+            _positive),
+    Setting("upload.max_total_bytes", 2 * 1024 ** 3, "int",
+            "Most bytes all uploads not yet imported (in progress or finished) may hold on "
+            "disk at once; an upload that would pass it is refused (uuid `-1`, then "
+            "RESOURCE_EXHAUSTED) and its file removed.", _positive),
     Setting("import.max_bytes", 2 * 1024 ** 3, "int",
             "Most bytes a model archive may unpack to; larger archives are refused.", _positive),
     Setting("model.max_labels", 10_000, "int",
@@ -195,8 +241,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch.max_delay_ms", 5.0, "float",
             "Longest time a worker waits for a batch to fill once it holds a job; a lone "
             "request is never held longer.", _non_negative),
-    Setting("backend.inferprocnum", 1, "int", "Default inference processes per backend.",
-            lambda v: None if 1 <= v <= 2 else "must be 1 or 2"),
+    Setting("backend.inferprocnum", 0, "int",
+            "Default inference processes per backend. 0: chosen from the box, one per core "
+            "up to the legacy limit of 2 (1 on a GPU); the CPU threads per process "
+            "(`backend.threads`, `be.trpy.threads` left 0) then share the cores out.",
+            lambda v: None if 0 <= v <= 2 else "must be 0 (automatic), 1 or 2"),
+    Setting("batch.autotune", True, "bool",
+            "At preheat, time the model at batch 1, 2, 4, ... up to the batch size and cap "
+            "batches where the cost per item stops falling (logged, and shown by GET "
+            "/switch as `sizing.batch_cap`); false: batches up to the batch size."),
     Setting("backend.max_count", 8, "int", "Most backends one node runs.", _positive),
     Setting("queue.max_len", 1000, "int",
             "Most jobs waiting or in flight per model; past it requests get 503 at once.", _positive),
@@ -353,8 +406,12 @@ class Settings:
             values[setting.key] = value
         values["log.level"] = values["log.level"].upper()
         values["storage"] = str((base / values["storage"]).resolve())
-        if values["preheat"]:
-            values["preheat"] = str((base / values["preheat"]).resolve())
+        for key in ("preheat", "tls.cert", "tls.key", "tls.client_ca"):
+            if values[key]:
+                values[key] = str((base / values[key]).resolve())
+        values["crypto.device_key"] = str((base / values["crypto.device_key"]).resolve()) \
+            if values["crypto.device_key"] else str(Path(values["storage"]) / "keys" /
+                                                    "device-key.pem")
         values["input.roots"] = [str((base / r).resolve()) for r in values["input.roots"]] or [
             str(Path(values["storage"]) / "input"), str(Path(values["storage"]) / "demo"),
             str(Path(tempfile.gettempdir()).resolve())]

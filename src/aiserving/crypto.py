@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
+import stat
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from aiserving.errors import ModelKeyError
 
 _HEADER = 16 + 16  # plain size digits, IV
+_MAX_KEY_BYTES = 64 * 1024  # a PEM RSA key of 16384 bits is about 13 KiB
 
 
 def key_for(encrypted, a64key: str, pvtkey: str) -> bytes | None:
@@ -44,11 +47,12 @@ def legacy_key(a64key: str, pvtkey: str) -> bytes:
     except (binascii.Error, ValueError):
         raise ModelKeyError("'a64key' is not valid base64") from None
     try:
-        with open(pvtkey, "rb") as fh:
-            pem = fh.read()
+        pem = _read_key_file(pvtkey)
     except OSError as exc:
         raise ModelKeyError(f"the private key 'pvtkey' cannot be read: {exc.strerror or exc}") \
             from None
+    except ValueError:  # a NUL byte: no file has that name
+        raise ModelKeyError("the private key 'pvtkey' cannot be read: not a file path") from None
     try:
         private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -65,6 +69,19 @@ def legacy_key(a64key: str, pvtkey: str) -> bytes:
         raise ModelKeyError("'a64key' cannot be decrypted with the private key 'pvtkey': a "
                             "wrong a64key or pvtkey") from None
     return hashlib.sha256(secret).digest()
+
+
+def _read_key_file(path: str) -> bytes:
+    """A key file the caller names: a FIFO or device (/dev/zero) there must neither block
+    nor fill the node's memory, so only a small regular file is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = fh.read(_MAX_KEY_BYTES + 1)
+    if len(data) > _MAX_KEY_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {_MAX_KEY_BYTES} bytes: not a key file")
+    return data
 
 
 def decrypt_legacy(blob: bytes, key: bytes, name: str = "model_core") -> bytes:

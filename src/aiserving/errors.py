@@ -146,6 +146,13 @@ class QueueFull(AiservingError):
     http_status = 503
 
 
+class TooLarge(AiservingError):
+    """Over a byte limit the node keeps (uploads held on disk); nothing was kept."""
+
+    code = 1
+    http_status = 413
+
+
 class RequestTimeout(AiservingError):
     code = 1
     http_status = 504
@@ -157,6 +164,6 @@ _BY_NAME = {
         AiservingError, ConfigError, BundleError, ModelNotFound, BackendNotFound,
         UnsupportedBackend, BackendLimit, TooManyBackends, BackendRunning, BadFullhash,
         ModelLoadFailed, ModelKeyError, ModelInUse, BadRequest, InputError,
-        ProcessingError, InferenceError, NotReady, QueueFull, RequestTimeout,
+        ProcessingError, InferenceError, NotReady, QueueFull, RequestTimeout, TooLarge,
     )
 }

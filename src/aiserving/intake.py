@@ -72,12 +72,15 @@ def check_input_path(path: str, backend: dict, max_bytes: int, roots: list[str])
         raise InputError(f"path {path!r} is not absolute")
     nothing = InputError(f"no readable input file at {path} within the node's input roots "
                          "(setting input.roots)")
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):  # ValueError: a NUL byte, or text no file name can hold
+        raise nothing from None
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
         raise nothing
     try:
         info = os.stat(real)
-    except OSError:
+    except (OSError, ValueError):
         raise nothing from None
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path} is not a regular file (a folder, device or FIFO)")
@@ -115,11 +118,13 @@ def decode_inline(text: str, kind: str, backend: dict, max_bytes: int) -> bytes:
 
 
 def submit(broker: Broker, backend: dict, uuid: str, *, path: str = "", image: bytes = b"",
-           kind: str = "", reply: bool = False, deadline: float | None = None) -> None:
+           kind: str = "", reply: bool = False, deadline: float | None = None,
+           version: str | None = None) -> None:
     """Queue one job on the stream of the model the backend serves.
 
     `deadline` (wall-clock time) is when its caller stops waiting: a worker that
-    reaches the job later drops it unrun, answering a time-out.
+    reaches the job later drops it unrun, answering a time-out. `version`: that of
+    a cached route (`Broker.route`); StaleRoute if it changed.
     """
     serving = backend.get("serving")
     if not serving:
@@ -133,4 +138,4 @@ def submit(broker: Broker, backend: dict, uuid: str, *, path: str = "", image: b
         fields["type"] = kind if kind.isalnum() else ""
     else:
         fields["path"] = path
-    broker.enqueue(serving, fields)
+    broker.enqueue(serving, fields, version)

@@ -9,6 +9,7 @@ leaves the old model serving. The node holds its lock around every use.
 from __future__ import annotations
 
 import logging
+import os
 
 from aiserving.bundle.store import Bundle
 from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
@@ -17,6 +18,19 @@ from aiserving.supervisor import WorkerProcess
 log = logging.getLogger("aiserving.node")
 
 _FAILED = (ProcStatus.ERROR, ProcStatus.LABEL_ERROR)
+LEGACY_MAX_PROCESSES = 2  # inferprocnum above 2 is a limit error (contract)
+
+
+def auto_processes(device: str) -> int:
+    """Inference processes per backend when nobody chose: one per core, within the
+    legacy limit; one on a GPU (a second copy of the model would only share it)."""
+    if device.lower().startswith(("cuda", "gpu")):
+        return 1
+    return max(1, min(LEGACY_MAX_PROCESSES, os.cpu_count() or 1))
+
+
+def auto_threads(processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
 class Generation:
@@ -64,6 +78,7 @@ class BackendEntry:
         self.batchsize = batchsize
         self.inferprocnum = inferprocnum
         self.device = device
+        self.threads = 0  # CPU threads per process, as the node chose them at the last load
         self.state = BackendState.INITIALIZED
         self.msg = ""
         self.current: Generation | None = None  # the newest model asked for
@@ -85,15 +100,27 @@ class BackendEntry:
         for n, p in enumerate(gen.procs if gen else []):
             status[str(n)] = int(p.status)
         record = gen.bundle.record.to_dict() if gen else None
-        word = SWITCH_WORDS[gen.procs[0].status] if gen else "cleaning"
-        error = (gen.error or gen.procs[0].msg) if gen and word == "failed" else ""
+        # "loaded" once every process runs (the model then takes traffic); until then,
+        # the first one still on its way (or failed) tells.
+        lagging = next((p for p in gen.procs if p.status != ProcStatus.RUNNING),
+                       gen.procs[0]) if gen else None
+        word = SWITCH_WORDS[lagging.status] if gen else "cleaning"
+        error = (gen.error or lagging.msg) if gen and word == "failed" else ""
         return {
             "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
             "inferprocnum": self.inferprocnum, "device": self.device, "preheat": self.preheat,
             "state": int(self.state), "msg": self.msg, "status": status, "model": record,
             "serving": self.serving.bundle.fullhash if self.serving else None,
             "switch": {"model": record["name"] if record else "", "status": word, "error": error},
+            "sizing": self.sizing(),
         }
+
+    def sizing(self) -> dict:
+        """Processes, threads and the batch cap the preheat measured (None: not yet)."""
+        gen = self.serving or self.current
+        caps = [p.batch_cap for p in gen.procs if p.batch_cap] if gen else []
+        return {"processes": self.inferprocnum, "threads": self.threads,
+                "batchsize": self.batchsize, "batch_cap": min(caps) if caps else None}
 
     def advance(self) -> None:
         """Move a backend along its lifecycle after its processes changed."""

@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import shutil
 import threading
 import time
@@ -35,15 +36,17 @@ from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, Bac
                               UnsupportedBackend)
 from aiserving.crypto import key_for
 from aiserving.intake import limit_pixels
+from aiserving.publication import Publication
 from aiserving.saved_state import SavedState
-from aiserving.lifecycle import BackendEntry, Generation
+from aiserving.lifecycle import (LEGACY_MAX_PROCESSES, BackendEntry, Generation, auto_processes,
+                                 auto_threads)
 from aiserving.status import BackendState
 from aiserving.supervisor import WorkerProcess
 
 log = logging.getLogger(__name__)
 
 MAX_BATCHSIZE = 1000
-MAX_INFERPROCNUM = 2
+MAX_INFERPROCNUM = LEGACY_MAX_PROCESSES
 
 
 class Node:
@@ -69,9 +72,9 @@ class Node:
         # node is stopping: what ran before the stop is what the next start restores.
         self._saving = False
         self._next_gen = 0
-        self._published: dict[str, str] = {}
         self._stopping = threading.Event()
         self.outage = brk.Outage("node")
+        self.publication = Publication(self.db, self.keys, self.outage)
         self._threads: list[threading.Thread] = []
         self.preheat = settings["preheat"] or str(_default_preheat(settings.storage / "run"))
         limit_pixels(settings["request.max_pixels"])  # the gRPC Inference service checks here
@@ -83,7 +86,8 @@ class Node:
         threading.Thread(target=supported_types, name="probe", daemon=True).start()
         # Inline inputs left by a node that did not stop cleanly: no job will read them.
         shutil.rmtree(self.settings.storage / "run" / "tmp", ignore_errors=True)
-        self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.commands)
+        self.db.delete(self.keys.backends, self.keys.routes, self.keys.rest_bid,
+                       self.keys.commands)
         self.db.set(self.keys.alive, "1", ex=5)
         for target, name in ((self._supervise, "supervisor"), (self._serve_commands, "commands")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -113,7 +117,9 @@ class Node:
             for p in gen.procs:
                 p.reap(time.monotonic())
         try:
-            self.db.delete(self.keys.backends, self.keys.rest_bid, self.keys.alive)
+            self.db.delete(self.keys.backends, self.keys.routes, self.keys.rest_bid,
+                           self.keys.alive)
+            self.db.incr(self.keys.version)
         except Exception:
             pass
 
@@ -128,7 +134,7 @@ class Node:
         if type_name not in supported_types():
             raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
                                      f"(supported: {', '.join(supported_types()) or 'none'})")
-        batchsize, inferprocnum = self._limits(batchsize, inferprocnum)
+        batchsize, inferprocnum = self._limits(batchsize, inferprocnum, device)
         with self.lock:
             if len(self.backends) >= self.settings["backend.max_count"]:
                 raise TooManyBackends(f"this node already runs {len(self.backends)} backends "
@@ -143,10 +149,11 @@ class Node:
                  inferprocnum)
         return bid
 
-    def _limits(self, batchsize: int, inferprocnum: int) -> tuple[int, int]:
+    def _limits(self, batchsize: int, inferprocnum: int, device: str = "") -> tuple[int, int]:
         """The backend settings to use (0: the node's default), refused when out of limits."""
         batchsize = batchsize or self.settings["batch.size"]
-        inferprocnum = inferprocnum or self.settings["backend.inferprocnum"]
+        inferprocnum = inferprocnum or self.settings["backend.inferprocnum"] or \
+            auto_processes(device or "")
         if not 1 <= batchsize <= MAX_BATCHSIZE:
             raise BackendLimit(f"batchsize {batchsize} is out of limits (1..{MAX_BATCHSIZE})")
         if not 1 <= inferprocnum <= MAX_INFERPROCNUM:
@@ -291,6 +298,9 @@ class Node:
 
     def _spec(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> dict:
         values = self.settings.as_dict()
+        # The cores shared out among the backend's processes, unless a setting chose.
+        key = "be.trpy.threads" if entry.type_name == "pytorch" else "backend.threads"
+        entry.threads = values[key] = values[key] or auto_threads(entry.inferprocnum)
         return {
             "settings": values, "redis_url": self.redis_url, "node": self.name,
             "bid": entry.bid, "gen": gen, "index": index,
@@ -394,7 +404,7 @@ class Node:
         with self.lock:
             if state.get("rest_bid") in self.backends:
                 self.rest_bid = state["rest_bid"]
-                self.db.set(self.keys.rest_bid, self.rest_bid)
+                self._publish()
         log.info("restored %d backend(s) from %s", len(self.backends), self.saved.path)
         return loading
 
@@ -416,34 +426,10 @@ class Node:
         self.saved.save(backends, self.rest_bid)
 
     def _publish(self) -> None:
-        """Write changed backend records to redis (called with the lock held).
-
-        While redis does not answer, `_published` stays empty, so every round of
-        the supervisor tries to publish everything again.
-        """
+        """Save and publish the backends' state (called with the lock held)."""
         self._save_state()
-        current = {bid: json.dumps(e.public()) for bid, e in self.backends.items()}
-        changed = {bid: text for bid, text in current.items() if self._published.get(bid) != text}
-        gone = [bid for bid in self._published if bid not in current]
-        if changed or gone or (self.rest_bid and not self._published):
-            pipe = self.db.pipeline()
-            if self.rest_bid:
-                pipe.set(self.keys.rest_bid, self.rest_bid)
-            if changed:
-                pipe.hset(self.keys.backends, mapping=changed)
-            if gone:
-                pipe.hdel(self.keys.backends, *gone)
-            try:
-                pipe.execute()
-            except redis.RedisError as exc:
-                # Never fails the operation that changed the state: the supervisor
-                # publishes everything again (a restarted redis lost it all) once
-                # redis answers.
-                self.outage.failed(exc)
-                self._published = {}
-                return
-            self.outage.ok()
-            self._published = current
+        self.publication.publish({bid: e.public() for bid, e in self.backends.items()},
+                                 self.rest_bid)
 
     def _serve_commands(self) -> None:
         """Commands from the REST front, plus the node's heartbeat."""
@@ -453,7 +439,7 @@ class Node:
                 db.set(self.keys.alive, "1", ex=5)
                 if self.outage.ok():
                     with self.lock:  # redis may have restarted empty: publish it all again
-                        self._published = {}
+                        self.publication.forget()
                         self._publish()
                 got = db.blpop([self.keys.commands], timeout=1)
             except redis.RedisError as exc:

@@ -85,7 +85,7 @@ def _json_default(obj):
 
 
 #: stages reported to `Pipeline.on_stage`: (stage, item index; -1 for the whole batch)
-IDLE, PRE, INFER, POST = 0, 1, 2, 3
+from aiserving.worker_link import IDLE, INFER, POST, PRE  # noqa: E402 (shared with the node)
 
 
 def _no_report(stage: int, index: int) -> None:
@@ -245,3 +245,8 @@ class Pipeline:
     def _fail(item: Item, error: AiservingError, cause: BaseException | None = None) -> None:
         if item.error is None:
             item.error, item.cause = error, cause
+            # The caller gets the message; the log gets it with the request's uuid (and
+            # the vendor code's traceback at debug level).
+            log.warning("request %s: %s", item.uuid or "-", error.message,
+                        exc_info=cause if cause is not None and log.isEnabledFor(logging.DEBUG)
+                        else None)

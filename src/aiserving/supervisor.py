@@ -7,9 +7,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+from aiserving import metrics
 from aiserving.status import ProcStatus
-from aiserving.pipeline import IDLE, INFER, POST, PRE
-from aiserving.worker import EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix, worker_main
+from aiserving.worker_link import (EXIT_LOAD_FAILED, IDLE, INDEX, INFER, POST, PRE, STAGE,
+                                   STARTED, temp_prefix, worker_main)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class WorkerProcess:
         self.progress = None
         self.batch: list[str] = []
         self.batch_timeout: float | None = None
+        self.batch_cap: int | None = None  # what the worker's preheat measured
         self.hung: list[str] = []  # jobs to answer with an error before the restart
         self.hang_error = ""
 
@@ -87,6 +89,7 @@ class WorkerProcess:
                 continue
             status, msg = ProcStatus(message["status"]), message.get("msg", "")
             self.batch_timeout = message.get("batch_timeout", self.batch_timeout)
+            self.batch_cap = message.get("batch_cap", self.batch_cap)
             changed |= (status, msg) != (self.status, self.msg)
             self.status, self.msg = status, msg
         return changed
@@ -129,6 +132,7 @@ class WorkerProcess:
             return False
         self.process.join()
         code = self.process.exitcode
+        metrics.process_dead(self.process.pid)
         busy = self.busy
         self.process = None
         self._remove_temp_files()
@@ -147,17 +151,22 @@ class WorkerProcess:
             # backend's making.
             self.status, self.msg = ProcStatus.LOADING, self.hang_error
             self.start_at = now
+            self._count_restart()
         elif busy:
             # Charged to the jobs of the batch (each counts its deliveries), not to the
             # backend: three bad inputs must not take a healthy model down.
             self.status, self.msg = ProcStatus.LOADING, f"restarting after exit code {code} " \
                 "during a batch"
             self.start_at = now + 0.2
+            self._count_restart()
             log.warning("inference process %s died during a batch (exit code %s); restarting",
                         self.name, code)
         else:
             self._died(code, now)
         return True
+
+    def _count_restart(self) -> None:
+        metrics.worker_restarts().labels(f"{self.spec['implhash']}-{self.spec['version']}").inc()
 
     def _remove_temp_files(self) -> None:
         """Inline inputs the process had written for jobs it did not finish."""
@@ -179,6 +188,7 @@ class WorkerProcess:
                         f"{RESTART_WINDOW_S:.0f} s (last exit code {code})")
             log.error("%s: %s; giving up", self.name, self.msg)
             return
+        self._count_restart()
         delay = min(0.5 * 2 ** (len(self.deaths) - 1), 10.0)
         self.status, self.msg = ProcStatus.LOADING, f"restarting after exit code {code}"
         self.start_at = now + delay

@@ -12,8 +12,9 @@ killing its worker is failed after `worker.max_deliveries` deliveries.
 
 from __future__ import annotations
 
-import logging
 import base64
+import fcntl
+import logging
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 import redis
 
 from aiserving import broker as brk
+from aiserving import batching, metrics
 from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
@@ -33,20 +35,15 @@ from aiserving.logs import setup_logging
 from aiserving.pipeline import Item, Pipeline, Timings, to_json
 from aiserving.procutil import die_with_parent
 from aiserving.status import ProcStatus
+from aiserving.worker_link import EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix
 
 log = logging.getLogger("aiserving.worker")
 
-EXIT_LOAD_FAILED = 3  # the model cannot load: restarting would not help
 _BLOCK_MS = 500  # longest blocking read, so a stop request is seen quickly
 _DRAIN_BLOCK_MS = 200
 _POLL_S = 0.001  # while filling a batch
 _DRAIN_GRACE_S = 1.0
 _FINISH_PATIENCE_S = 30.0
-
-
-def temp_prefix(consumer: str) -> str:
-    """Prefix of the temp files one inference process makes under `<storage>/run/tmp/`."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", consumer) + "-"
 
 
 def worker_main(spec: dict, conn, stop_event, progress) -> None:
@@ -62,7 +59,6 @@ def worker_main(spec: dict, conn, stop_event, progress) -> None:
 
 
 #: slots of the shared `progress` array the node's watchdog reads
-STARTED, STAGE, INDEX = 0, 1, 2
 _MIN_BATCH_TIMEOUT_S = 10.0
 _BATCH_TIMEOUT_FACTOR = 10.0  # x the measured warm-up time of one item, x the batch size
 
@@ -101,6 +97,7 @@ class Worker:
 
     def run(self) -> None:
         self.report(ProcStatus.LOADING)
+        t_load = time.monotonic()
         try:
             pipeline = self._load()
         except AiservingError as exc:
@@ -120,7 +117,10 @@ class Worker:
             os._exit(EXIT_LOAD_FAILED)
         batch_timeout = float(self.settings["worker.batch_timeout_s"]) or max(
             _MIN_BATCH_TIMEOUT_S, _BATCH_TIMEOUT_FACTOR * (time.monotonic() - t0) * self.batchsize)
-        self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout)
+        if self.settings["batch.autotune"] and self.batchsize > 1:
+            self.batchsize = self._tune_batches(pipeline)
+        metrics.model_load_seconds().labels(self.fullhash).observe(time.monotonic() - t_load)
+        self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout, batch_cap=self.batchsize)
         log.info("serving %s on %s, batch size %d, batch deadline %.1f s", self.fullhash,
                  pipeline.backend.device, self.batchsize, batch_timeout)
         self.serve(pipeline)
@@ -128,13 +128,52 @@ class Worker:
         self.report(ProcStatus.EXITED)
 
     def _load(self) -> Pipeline:
-        bundle = BundleStore(self.settings["storage"]).load(self.spec["implhash"], self.spec["version"])
+        bundle = BundleStore(self.settings["storage"]).load(
+            self.spec["implhash"], self.spec["version"]).with_device_key(
+            self.settings["crypto.device_key"])
         if self.spec.get("secret"):
             bundle = bundle.with_secret(base64.b64decode(self.spec["secret"]))
         vendor = VendorCode.load(bundle)
         backend = create_backend(bundle.record.backend_type, self.settings)
         backend.load(bundle, self.spec.get("device") or None)
         return Pipeline(bundle, vendor, backend, on_stage=self._on_stage)
+
+    def _tune_batches(self, pipeline: Pipeline) -> int:
+        """The batch cap from timing this pipeline on the preheat input (batching.py)."""
+        path = str(pipeline.bundle.preheat_file() or self.spec["preheat"])
+        failed = []
+
+        def run(n: int) -> None:
+            items = [Item({"uuid": f"tune{i}", "path": path}) for i in range(n)]
+            pipeline.run(items)
+            failed.extend(i.error.message for i in items if i.error is not None)
+
+        # One process at a time: two measuring side by side on a small box would each
+        # see the other's load, not their model's.
+        lock = Path(self.settings["storage"]) / "run" / "tune.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            cap, table = batching.measure(run, self.batchsize,
+                                          per_batch=2 * self._round_trip())
+        if failed:  # the preheat input does not batch: leave the batch size as set
+            log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
+                        self.batchsize)
+            return self.batchsize
+        log.info("%s: %s", self.fullhash, batching.describe(cap, table))
+        return cap
+
+    def _round_trip(self) -> float:
+        """Seconds of one redis round trip; a batch costs two (taking it, answering it)."""
+        times = []
+        try:
+            for _ in range(15):
+                t0 = time.perf_counter()
+                self.broker.db.ping()
+                times.append(time.perf_counter() - t0)
+        except redis.RedisError:
+            return 0.0  # measured without it; the serving loop rides the outage out
+        return sorted(times)[len(times) // 2]
 
     def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:
         # The bundle's own input first: it knows what its pre-processing reads. Then
@@ -280,12 +319,24 @@ class Worker:
         for msg_id, job, error in poisoned:
             rows.append(self._error_row(msg_id, job, error))
         self._finish(rows, sum(len(fields.get(b"image") or b"") for _, fields in jobs))
+        if items:
+            self._record(t_start, items, timings)
         if self.profile and items:
             waits = [t_start - float(job.get("t", t_start)) for _, job, _ in items] or [0.0]
             log.info("batch of %d (%d failed): queue wait avg %.1f ms max %.1f ms | pre %.1f ms | "
                      "infer %.1f ms | post %.1f ms", timings.items, timings.failed,
                      1000 * sum(waits) / len(waits), 1000 * max(waits), 1000 * timings.pre,
                      1000 * timings.infer, 1000 * timings.post)
+
+    def _record(self, t_start: float, items: list, timings) -> None:
+        model = self.fullhash
+        stages = metrics.stage_seconds()
+        queue = stages.labels(model, "queue")
+        for _, job, _ in items:
+            queue.observe(max(0.0, t_start - float(job.get("t", t_start))))
+        for stage in ("pre", "infer", "post"):
+            stages.labels(model, stage).observe(getattr(timings, stage))
+        metrics.batch_size().labels(model).observe(len(items))
 
     def _finish(self, rows: list, inline: int) -> None:
         """Store the batch's results; through a short redis outage, keep trying."""

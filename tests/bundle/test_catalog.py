@@ -376,3 +376,13 @@ def test_records_a_client_could_grow_without_bound_are_refused(storage, tmp_path
         small.update_distro({"implhash": made.implhash, "version": made.version,
                              "modelext": json.dumps({"note": "x" * 5000})})
     assert small.store.record(made.implhash, made.version).modelext == ""  # unchanged
+
+
+def test_a_modelext_nested_too_deep_is_refused_clearly(catalog):
+    # Found by the gRPC fuzz: json's RecursionError escaped as an internal error.
+    with pytest.raises(BundleError, match="'modelext' is not valid JSON"):
+        catalog.create(pets(modelext="[" * 50_000))
+    made = catalog.create(pets())
+    with pytest.raises(BundleError, match="'modelext' is not valid JSON"):
+        catalog.update_distro({"implhash": made.implhash, "version": made.version,
+                               "modelext": "[" * 50_000})

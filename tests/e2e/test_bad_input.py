@@ -84,3 +84,14 @@ def test_vendor_preprocessing_that_raises(served):
     trap = write_image(root / "raise-on-me.png", seed=3)  # the bundle raises on this name
     _fails(node.detect(trap), 422, "pre-processing failed", "ValueError", "raise-on-me.png")
     _still_serves(node, good)
+
+
+def test_text_no_file_name_can_hold(served):
+    # Found by the REST fuzz: a lone surrogate escape reached redis (500), and a NUL
+    # byte in a path raised ValueError in realpath (500).
+    node, _, good = served
+    for body in ('{"path": "/tmp/\\ud800.png"}', '{"path": "/tmp/x.png", "bid": "\\udc80"}'):
+        _fails(node.post("/api/v1alpha/detect", data=body,
+                         headers={"Content-Type": "application/json"}), 400, "not valid Unicode")
+    _fails(node.detect("/tmp/a\x00b.png"), 400, "no readable input file")
+    _still_serves(node, good)

@@ -5,12 +5,9 @@ files are clear errors and the node keeps serving.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.support import bundles, encryption, onnx_models, tf_models, tflite_models
@@ -79,7 +76,7 @@ def test_an_encrypted_model_serves_the_plain_models_results(world, framework):
         answer = node.detect(world["image"], bid=made.msg)
         assert answer.status_code == 200, answer.text
         assert_close(answer.json()["result"], world["expected"][framework])
-        _assert_no_plaintext_on_disk(node, world["storage"], plain)
+        encryption.assert_no_plaintext_on_disk(node, world["storage"], [plain.path / "model_core"])
     finally:
         client.backend.TerminateBackend(backend_pb2.BackendInfo(bid=made.msg))
 
@@ -127,22 +124,3 @@ def test_wrong_keys_and_damaged_files_are_clear_errors(world):
         assert node.detect(world["image"], bid=made.msg).status_code == 200
     finally:
         client.backend.TerminateBackend(backend_pb2.BackendInfo(bid=made.msg))
-
-
-def _assert_no_plaintext_on_disk(node, storage: Path, plain) -> None:
-    """No file under the storage folder, the temp folder's node files, or open in a
-    worker (other than anonymous memory files) holds bytes of the plain model."""
-    data = (plain.path / "model_core").read_bytes()
-    markers = [data[n:n + 24] for n in (len(data) // 3, len(data) // 2, 2 * len(data) // 3)]
-    places = [p for p in storage.rglob("*") if p.is_file() and not p.is_symlink()]
-    tmp = Path(tempfile.gettempdir())
-    for folder in tmp.glob("aisrv-*"):
-        places += [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
-    for pid in node.worker_pids():
-        for opened in psutil.Process(pid).open_files():
-            if os.path.isfile(opened.path):
-                places.append(Path(opened.path))
-    for place in places:
-        content = place.read_bytes()
-        for marker in markers:
-            assert marker not in content, f"plaintext model bytes found in {place}"

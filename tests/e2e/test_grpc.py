@@ -73,6 +73,8 @@ def test_backend_error_codes(env):
     assert c.backend.InitializeBackend(info(impl="pytorch.structureSplit", inferprocnum=3)).code == 100
     unknown = c.backend.InitializeBackend(info(impl="caffe.net"))
     assert unknown.code == 1 and "caffe" in unknown.msg
+    deep = c.backend.InitializeBackend(info(impl="pytorch.structureSplit", backendext="[" * 50_000))
+    assert deep.code == 1 and "backendext must be a JSON object" in deep.msg  # found by the fuzz
     assert c.backend.TerminateBackend(info(bid="99")).code == 108  # the old product's code
     with pytest.raises(grpc.RpcError) as err:
         c.backend.ListBackend(info(bid="99"))

@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -46,3 +49,24 @@ def encrypt(plain: bytes, secret: bytes) -> bytes:
     encryptor = Cipher(algorithms.AES(aes), modes.CBC(iv)).encryptor()
     padded = plain + b" " * (-len(plain) % 16)
     return b"%016d" % len(plain) + iv + encryptor.update(padded) + encryptor.finalize()
+
+
+def assert_no_plaintext_on_disk(node, storage: Path, plain_files: list[Path]) -> None:
+    """No file under the storage folder, the temp folder's node files, or open in a
+    worker (other than anonymous memory files) holds bytes of the plain files."""
+    markers = []
+    for plain in plain_files:
+        data = Path(plain).read_bytes()
+        markers += [data[n:n + 24] for n in (len(data) // 3, len(data) // 2, 2 * len(data) // 3)]
+    places = [p for p in storage.rglob("*") if p.is_file() and not p.is_symlink()]
+    tmp = Path(tempfile.gettempdir())
+    for folder in tmp.glob("aisrv-*"):
+        places += [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    for pid in node.worker_pids():
+        for opened in psutil.Process(pid).open_files():
+            if os.path.isfile(opened.path) and not opened.path.startswith("/memfd:"):
+                places.append(Path(opened.path))
+    for place in places:
+        content = place.read_bytes()
+        for marker in markers:
+            assert marker not in content, f"plaintext bytes of a protected file found in {place}"

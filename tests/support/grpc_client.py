@@ -17,9 +17,9 @@ CHUNK = 2 * 1024 * 1024
 
 
 class Client:
-    def __init__(self, node):
+    def __init__(self, node, channel=None):
         self.node = node
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}", options=[
+        self.channel = channel or grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}", options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024)])
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.backend = backend_pb2_grpc.BackendStub(self.channel)

@@ -36,14 +36,27 @@ class NodeProcess:
         self.grpc_port = free_port()
         self.env.update({"AISRV_STORAGE": str(self.storage), "AISRV_NODE_NAME": f"test{self.port}",
                          "AISRV_REQUEST_TIMEOUT_S": "60", "AISRV_REDIS_PORT": str(self.redis_port),
-                         "AISRV_GRPC_ADDRESS": f"127.0.0.1:{self.grpc_port}"})
+                         "AISRV_GRPC_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+                         # Fixed sizes for tests of the node's mechanics (batches forming,
+                         # one process to kill); tests/e2e/test_sizing.py checks the
+                         # automatic ones.
+                         "AISRV_BACKEND_INFERPROCNUM": "1", "AISRV_BATCH_AUTOTUNE": "false"})
         self.env.update(env or {})
+        for name, value in list(self.env.items()):
+            if value is None:  # a test asking for the product's default
+                del self.env[name]
+        # With TLS on, the front speaks only HTTPS: verify it against the node's own cert.
+        self.tls_cert = self.env.get("AISRV_TLS_CERT") or None
         self.log_path = self.storage.parent / f"node-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self):
+        return self.tls_cert or True
 
     def start(self, timeout: float = 90) -> "NodeProcess":
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -57,7 +70,8 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.base + "/healthz", timeout=1).status_code == 200:
+                if requests.get(self.base + "/healthz", timeout=1,
+                                verify=self.verify).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -68,9 +82,11 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def post(self, path: str, body=None, **kwargs) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
         return requests.post(self.base + path, json=body, timeout=kwargs.pop("timeout", 90), **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
         return requests.get(self.base + path, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def switch(self, **body) -> str:

@@ -14,6 +14,7 @@ _FAILED = {"$ref": "#/components/schemas/Failed"}
 def _answers(ok: dict, *codes: int) -> dict:
     out = {"200": {"description": "success", "content": {"application/json": {"schema": ok}}}}
     words = {400: "malformed request or unusable input", 401: "token missing or wrong",
+             403: "management call from outside auth.admin_addresses",
              404: "unknown model or backend", 409: "too many backends", 413: "body too large",
              422: "bundle malformed, or its processing failed on this input",
              500: "inference failed", 503: "not ready, queue full or redis unavailable "
@@ -25,7 +26,8 @@ def _answers(ok: dict, *codes: int) -> dict:
 
 
 def document() -> dict:
-    backend_id = {"type": "string", "description": "backend id (\"0\", \"1\", ...)"}
+    backend_id = {"type": "string", "description": "backend id (\"0\", \"1\", ...)",
+                  "example": "0"}
     return {
         "openapi": "3.0.3",
         "info": {"title": "AIServing OnBoard", "version": aiserving.__version__,
@@ -38,15 +40,16 @@ def document() -> dict:
                     "message": {"type": "string"}}},
                 "DetectRequest": {"type": "object", "required": ["path"], "properties": {
                     "path": {"type": "string", "description": "absolute path of the input "
-                             "file, under input.roots"},
+                             "file, under input.roots", "example": "/tmp/frame.jpg"},
                     "bid": backend_id}},
                 "DetectAnswer": {"type": "object", "properties": {
                     "status": {"type": "string", "enum": ["success"]},
                     "result": {"description": "the bundle's post-processing output"},
                     "message": {"type": "string"}, "uuid": {"type": "string"}}},
                 "SwitchRequest": {"type": "object", "properties": {
-                    "bid": backend_id, "btype": {"type": "string"},
-                    "model": {"type": "string"}, "mode": {"type": "string"},
+                    "bid": backend_id, "btype": {"type": "string", "example": "pytorch"},
+                    "model": {"type": "string", "description": "the bundle's name"},
+                    "mode": {"type": "string", "example": "structureSplit"},
                     "device": {"type": "string"},
                     "encrypted": {"type": "string", "description": "\"1\" for an encrypted "
                                   "model_core (with a64key and pvtkey)"},
@@ -57,7 +60,15 @@ def document() -> dict:
                     "model": {"type": "string"}, "bid": backend_id,
                     "status": {"type": "string", "enum": ["cleaning", "loading", "preheating",
                                                           "loaded", "failed"]},
-                    "error": {"type": "string"}}},
+                    "error": {"type": "string"},
+                    "sizing": {"type": "object", "nullable": True, "description": "How the backend's "
+                               "processes were sized: processes, CPU threads each, batch "
+                               "size and the batch cap the preheat measured.",
+                               "properties": {
+                                   "processes": {"type": "integer"},
+                                   "threads": {"type": "integer"},
+                                   "batchsize": {"type": "integer"},
+                                   "batch_cap": {"type": "integer", "nullable": True}}}}},
                 "Health": {"type": "object", "properties": {
                     "status": {"type": "string"}, "version": {"type": "string"},
                     "compiled": {"type": "boolean"}}},
@@ -80,7 +91,7 @@ def document() -> dict:
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"$ref": "#/components/schemas/SwitchRequest"}}}},
                          "responses": _answers({"$ref": "#/components/schemas/SwitchAnswer"},
-                                               400, 401, 404, 409, 413, 422, 503)},
+                                               400, 401, 403, 404, 409, 413, 422, 503)},
                 "get": {"summary": "Loading state of a backend (the last /switch's without bid).",
                         "parameters": [{"name": "bid", "in": "query", "required": False,
                                         "schema": backend_id}],
@@ -93,6 +104,12 @@ def document() -> dict:
             "/readyz": {"get": {"summary": "200 when a model is loaded and running.",
                                 "responses": _answers({"$ref": "#/components/schemas/Ready"},
                                                       401, 503)}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of all the node's processes "
+                                            "(text exposition format).",
+                                 "responses": {"200": {"description": "Prometheus text format",
+                                                       "content": {"text/plain": {
+                                                           "schema": {"type": "string"}}}},
+                                               "401": {"description": "token missing"}}}},
             "/openapi.json": {"get": {"summary": "This document.",
                                       "responses": {"200": {"description": "OpenAPI 3",
                                                             "content": {"application/json": {

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 import aiserving
 from aiserving import broker as brk
+from aiserving import metrics
 from aiserving.api import openapi
 from aiserving.auth import Guard, Unauthenticated
 from aiserving.config import Settings
@@ -30,6 +31,7 @@ from aiserving.intake import check_input_path, limit_pixels, submit
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1alpha"
+_ROUTE_TRIES = 4  # routes change only on loads and status changes: a retry or two at most
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["http.max_body_bytes"]
     limit_pixels(settings["request.max_pixels"])
 
-    guard = Guard(settings["auth.token"], settings["auth.admin_token"])
+    guard = Guard.from_settings(settings)
 
     @app.before_request
     def _authenticate():
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             # Management: what changes the models a node runs.
             admin = request.method == "POST" and request.path == f"{PREFIX}/switch"
             guard.check(request.headers.get("Authorization"), admin)
+            if admin:  # the socket's peer: no proxy stands in front, X-Forwarded-For is a lie
+                guard.check_address(request.remote_addr)
 
     @app.errorhandler(AiservingError)
     def _our_error(exc: AiservingError):
@@ -84,16 +88,41 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post(f"{PREFIX}/detect")
     def detect():
+        t0, seen = time.perf_counter(), {"model": ""}
+        metrics.in_flight().inc()
+        try:
+            response = _detect(seen)
+        except AiservingError as exc:
+            metrics.requests().labels("rest", seen["model"], str(exc.code)).inc()
+            raise
+        finally:
+            metrics.in_flight().dec()
+            metrics.request_seconds().labels("rest", seen["model"]).observe(
+                time.perf_counter() - t0)
+        metrics.requests().labels("rest", seen["model"], "ok").inc()
+        return response
+
+    def _detect(seen: dict):
         body = _body()
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise BadRequest("field 'path' (absolute path of the input file) is required")
-        backend = broker.backend(_opt_str(body, "bid"))
-        check_input_path(path, backend, max_input, settings["input.roots"])
+        bid = _opt_str(body, "bid")
         uuid = uuidlib.uuid4().hex
-        with waiting.slot(backend.get("serving")):
-            submit(broker, backend, uuid, path=path, reply=True, deadline=time.time() + timeout)
-            reply = broker.wait_reply(uuid, timeout)
+        for attempt in range(_ROUTE_TRIES):
+            backend = broker.route(bid, fresh=attempt > 0)
+            seen["model"] = backend.get("serving") or ""
+            check_input_path(path, backend, max_input, settings["input.roots"])
+            try:
+                with waiting.slot(backend.get("serving")):
+                    submit(broker, backend, uuid, path=path, reply=True,
+                           deadline=time.time() + timeout, version=backend["version"])
+                    reply = broker.wait_reply(uuid, timeout)
+                break
+            except brk.StaleRoute:
+                continue  # the backend changed since the route was cached: route again
+        else:
+            raise NotReady("the node's backends are changing; retry shortly")
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
                                  f"under uuid {uuid}")
@@ -115,7 +144,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get(f"{PREFIX}/switch")
     def switch_get():
         backend = broker.backend(request.args.get("bid") or None)
-        return _json({**backend["switch"], "bid": backend["bid"]})
+        return _json({**backend["switch"], "bid": backend["bid"],
+                      "sizing": backend.get("sizing")})
 
     build = aiserving.build_info()
     described = json.dumps(openapi.document())
@@ -123,6 +153,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/openapi.json")
     def openapi_json():
         return Response(described, 200, mimetype="application/json")
+
+    @app.get("/metrics")
+    def metrics_text():
+        text, kind = metrics.exposition(broker.queue_depths)
+        return Response(text, 200, content_type=kind)
 
     @app.get("/healthz")
     def healthz():
@@ -186,6 +221,13 @@ def _body() -> dict:
         body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    try:
+        # JSON can escape a lone surrogate ("\ud800"), which no UTF-8 text holds: redis
+        # and the file system would fail on it deep inside, so it is refused here.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise BadRequest("the request body holds a string that is not valid Unicode "
+                         "(a lone surrogate escape)") from None
     return body
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aiserving.bundle.store import Bundle
 from aiserving.errors import BundleError
+
+if TYPE_CHECKING:  # the node daemon imports the registry, and needs no numpy
+    import numpy as np
 
 
 class Backend(ABC):
@@ -50,7 +51,8 @@ def cpu_threads(settings: dict[str, Any], key: str = "backend.threads") -> int:
 
     0 means half the cores (at least 1): intra-op threads that outnumber free
     cores spin against pre/post-processing, the fronts and redis and make every
-    batch slower, not faster.
+    batch slower, not faster. (The node fills in its own choice before a worker
+    starts: the cores shared out among the backend's processes.)
     """
     return int(settings.get(key, 0) or 0) or max(1, (os.cpu_count() or 2) // 2)
 

@@ -107,8 +107,11 @@ class MXNetBackend(Backend):
                               f"names, not {names!r}")
         symbol_file = bundle.file(f"{prefix}-symbol.json")
         params_file = _params_file(bundle, prefix, ext.get("epoch"))
+        # A sealed bundle's files open as anonymous in-memory files; plain ones as they are.
+        symbol_path = bundle.readable_path(symbol_file.name)
+        params_path = bundle.readable_path(params_file.name)
         try:
-            symbol = mx.sym.load(str(symbol_file))
+            symbol = mx.sym.load(symbol_path)
         except mx.base.MXNetError as exc:
             raise BundleError(f"{where}: {symbol_file.name} is not an MXNet symbol file: "
                               f"{_mx_message(exc)}") from None
@@ -116,11 +119,11 @@ class MXNetBackend(Backend):
         if unknown:
             raise BundleError(f"{where}: modelext 'tensors.input' names {unknown}, which "
                               f"{symbol_file.name} does not have; its inputs that are not "
-                              f"weights: {_free_inputs(symbol, params_file)}")
+                              f"weights: {_free_inputs(symbol, params_path)}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "data: None" type-inference chatter
-                block = gluon.SymbolBlock.imports(str(symbol_file), names, str(params_file),
+                block = gluon.SymbolBlock.imports(symbol_path, names, params_path,
                                                   ctx=self._ctx)
         except (mx.base.MXNetError, AssertionError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{where}: {symbol_file.name} with {params_file.name} cannot be "

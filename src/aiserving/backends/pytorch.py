@@ -59,7 +59,7 @@ class TorchBackend(Backend):
             raise BundleError(f"bundle {bundle.fullhash}: build_structure() returned "
                               f"{type(model).__name__}, not a torch.nn.Module")
         try:
-            saved = torch.load(bundle.file("param.pth"), map_location=self._device,
+            saved = torch.load(io.BytesIO(bundle.read("param.pth")), map_location=self._device,
                                weights_only=True)
         except BundleError:
             raise

@@ -45,6 +45,20 @@ _VARIABLE_OPS = {"Variable", "VariableV2", "VarHandleOp"}
 _SAVED_MODEL_PARTS = ("variables", "assets", "assets.extra", "fingerprint.pb")
 
 
+def _link(bundle: Bundle, rel: str, dest: str) -> None:
+    """Link a SavedModel part into the private export folder: plain parts as they are,
+    each file of a sealed bundle as the in-memory file holding its plaintext."""
+    source = bundle.path / rel
+    if not bundle.sealed_files():
+        os.symlink(source.resolve(), dest)
+    elif source.is_dir():
+        os.makedirs(dest, exist_ok=True)
+        for child in sorted(source.iterdir()):
+            _link(bundle, f"{rel}/{child.name}", os.path.join(dest, child.name))
+    else:
+        os.symlink(bundle.readable_path(rel), dest)
+
+
 class TensorFlowBackend(Backend):
     type_name = "tensorflow"
 
@@ -152,20 +166,26 @@ class TensorFlowBackend(Backend):
     def _load_saved_model(self, bundle: Bundle, session):
         """Load the SavedModel into `session`; return its MetaGraphDef."""
         core = bundle.path / "model_core"
+        sealed = bool(bundle.sealed_files())
         if core.is_dir():
             bundle.refuse_encrypted("a model_core/ folder is not the legacy encrypted format")
             if not (core / "saved_model.pb").is_file():
                 raise BundleError(f"bundle {bundle.fullhash}: folder model_core/ holds no "
                                   "saved_model.pb")
             export_dir = str(core)
+            if sealed:
+                self._tmp = export_dir = tempfile.mkdtemp(prefix="aisrv-tf-")
+                for child in sorted(core.iterdir()):
+                    _link(bundle, f"model_core/{child.name}", os.path.join(export_dir, child.name))
         elif core.is_file():
             self._tmp = export_dir = tempfile.mkdtemp(prefix="aisrv-tf-")
-            # An encrypted saved_model.pb is decrypted into an anonymous in-memory file.
-            pb = bundle.readable_path("model_core") if bundle.encrypted else core.resolve()
+            # An encrypted or sealed saved_model.pb is opened into an anonymous in-memory file.
+            pb = bundle.readable_path("model_core") if bundle.encrypted or sealed \
+                else core.resolve()
             os.symlink(pb, os.path.join(export_dir, "saved_model.pb"))
             for name in _SAVED_MODEL_PARTS:
                 if (bundle.path / name).exists():
-                    os.symlink((bundle.path / name).resolve(), os.path.join(export_dir, name))
+                    _link(bundle, name, os.path.join(export_dir, name))
         else:
             raise BundleError(f"bundle {bundle.fullhash}: file 'model_core' is missing")
         try:

@@ -98,7 +98,7 @@ class DistroRecord:
         if modelext:
             try:
                 ext = json.loads(modelext)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: too deep
                 raise BundleError(f"{where}: field 'modelext' is not valid JSON ({exc})") from None
             if not isinstance(ext, dict):
                 raise BundleError(f"{where}: field 'modelext' must hold a JSON object")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiserving.bundle.record import DistroRecord
-from aiserving.errors import BundleError, ModelNotFound
+from aiserving.errors import BundleError, ModelKeyError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -22,41 +22,79 @@ class Bundle:
     """One model version on disk.
 
     `secret`: the AES key of an encrypted `model_core` (legacy format, contract
-    section 5); backends read the model through `read` or `readable_path`, which
-    decrypt it in memory, never to disk.
+    section 5). `device_key`: the path of this device's private key, which opens
+    the files of a sealed bundle (`bundle/sealed.py`). Backends and the vendor
+    code loader read files through `read` or `readable_path`, which decrypt in
+    memory, never to disk.
     """
 
     path: Path
     record: DistroRecord
     secret: bytes | None = field(default=None, repr=False)
+    device_key: str | None = None
 
     @property
     def encrypted(self) -> bool:
+        """Encrypted in the legacy format (a key came with the load request)."""
         return self.secret is not None
 
     def with_secret(self, secret: bytes | None) -> "Bundle":
         return replace(self, secret=secret)
 
+    def with_device_key(self, path: str | None) -> "Bundle":
+        return replace(self, device_key=path)
+
+    def sealed_files(self) -> frozenset[str]:
+        """The files `sealed.json` lists (a sealed bundle; empty otherwise)."""
+        if not (self.path / "sealed.json").is_file():
+            return frozenset()
+        from aiserving.bundle import sealed  # only sealed bundles need cryptography
+
+        return sealed.manifest(self.path)
+
+    def is_sealed(self, name: str) -> bool:
+        if name in self.sealed_files():
+            return True
+        from aiserving.bundle.sealed import MAGIC
+
+        with open(self.file(name), "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+
     def read(self, name: str) -> bytes:
-        """A bundle file's bytes; `model_core` decrypted in memory when encrypted."""
+        """A bundle file's bytes, decrypted in memory when it is encrypted or sealed."""
         data = self.file(name).read_bytes()
-        if self.secret is None:
-            return data
-        if name != "model_core":
+        if self.secret is not None and name == "model_core":
+            from aiserving.crypto import decrypt_legacy  # only encrypted loads need it
+
+            return decrypt_legacy(data, self.secret)
+        from aiserving.bundle.sealed import MAGIC
+
+        if data[:len(MAGIC)] == MAGIC or name in self.sealed_files():
+            return self._unseal(data, name)
+        if self.secret is not None:
             raise BundleError(f"bundle {self.fullhash}: only model_core is encrypted in the "
                               f"legacy format; this backend needs {name} (not encrypted)")
-        from aiserving.crypto import decrypt_legacy  # only encrypted loads need it
+        return data
 
-        return decrypt_legacy(data, self.secret)
+    def _unseal(self, data: bytes, name: str) -> bytes:
+        from aiserving.bundle.sealed import DeviceKey
+
+        if not self.device_key:
+            raise ModelKeyError(f"bundle {self.fullhash}: {name} is sealed and no device key "
+                                "is configured (crypto.device_key)")
+        try:
+            return DeviceKey.load(self.device_key).open(data, name)
+        except ModelKeyError as exc:
+            raise ModelKeyError(f"bundle {self.fullhash}: {exc.message}") from None
 
     def readable_path(self, name: str) -> str:
-        """A path a framework can open: the file itself, or for an encrypted
-        `model_core` an anonymous in-memory file holding the plaintext."""
-        if self.secret is None:
+        """A path a framework can open: the file itself, or for an encrypted or sealed
+        file an anonymous in-memory file holding the plaintext."""
+        if (self.secret is None or name != "model_core") and not self.is_sealed(name):
             return str(self.file(name))
         from aiserving.crypto import memory_file
 
-        return memory_file(self.read(name), name)
+        return memory_file(self.read(name), name.replace("/", "_"))
 
     def refuse_encrypted(self, why: str) -> None:
         if self.secret is not None:

@@ -11,6 +11,7 @@ module executes and are then taken out of `sys.modules` again.
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import importlib.util
 import inspect
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiserving.bundle.store import Bundle
-from aiserving.errors import BundleError
+from aiserving.errors import AiservingError, BundleError
 
 _import_lock = threading.Lock()  # sys.path / sys.modules juggling is process-wide
 
@@ -45,21 +46,67 @@ def load_module(bundle: Bundle, filename: str) -> types.ModuleType:
             pkg = types.ModuleType(package)
             pkg.__path__ = [str(bundle.path)]
             sys.modules[package] = pkg
-        spec = importlib.util.spec_from_file_location(name, path)
+        sealed = _SealedFinder(bundle) if bundle.sealed_files() else None
+        if sealed is not None:
+            spec = importlib.util.spec_from_loader(name, _SealedLoader(bundle, filename),
+                                                   origin=str(path))
+        else:
+            spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         before = set(sys.modules)
         sys.modules[name] = module
         sys.path.insert(0, str(bundle.path))
+        if sealed is not None:
+            sys.meta_path.insert(0, sealed)
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
+            if isinstance(exc, AiservingError):  # a sealed file that does not open
+                raise
             raise BundleError(f"bundle {bundle.fullhash}: {filename} failed to import: "
                               f"{type(exc).__name__}: {exc}") from exc
         finally:
             sys.path.remove(str(bundle.path))
+            if sealed is not None:
+                sys.meta_path.remove(sealed)
             _forget_sibling_imports(bundle.path, before)
         return module
+
+
+class _SealedLoader(importlib.abc.Loader):
+    """Runs a bundle's Python file from its bytes, decrypted in memory when sealed.
+
+    No bytecode is cached: a `.pyc` of a sealed file would be its plaintext on disk.
+    """
+
+    def __init__(self, bundle: Bundle, filename: str):
+        self.bundle, self.filename = bundle, filename
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        source = self.bundle.read(self.filename)
+        module.__file__ = str(self.bundle.path / self.filename)
+        exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
+
+
+class _SealedFinder(importlib.abc.MetaPathFinder):
+    """Plain `import helper` of a sealed sibling file, while vendor code executes."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or "." in fullname:
+            return None
+        filename = f"{fullname}.py"
+        origin = self.bundle.path / filename
+        if not origin.is_file() or not self.bundle.is_sealed(filename):
+            return None
+        return importlib.util.spec_from_loader(fullname, _SealedLoader(self.bundle, filename),
+                                               origin=str(origin))
 
 
 def _forget_sibling_imports(folder: Path, before: set[str]) -> None:

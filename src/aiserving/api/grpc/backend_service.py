@@ -88,7 +88,7 @@ class BackendService(backend_pb2_grpc.BackendServicer):
         if info.backendext:
             try:
                 ext = json.loads(info.backendext)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise BadRequest("backendext must be a JSON object") from None
             if not isinstance(ext, dict):
                 raise BadRequest("backendext must be a JSON object")

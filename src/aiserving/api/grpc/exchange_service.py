@@ -8,7 +8,7 @@ import logging
 import grpc
 
 from aiserving.api.grpc.protocol import exchange_pb2, exchange_pb2_grpc
-from aiserving.errors import AiservingError
+from aiserving.errors import AiservingError, TooLarge
 from aiserving.uploads import CHUNK_BYTES
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                     self.uploads.discard(upload.id)
                     upload = None
                     yield exchange_pb2.BinData(uuid=REFUSED)
+                    if isinstance(exc, TooLarge):  # a byte limit: name it, as a status too
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
                     return
                 yield exchange_pb2.BinData(uuid=upload.id, size=upload.size)
         finally:

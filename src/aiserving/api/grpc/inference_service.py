@@ -7,6 +7,7 @@ full queue is not the caller's input: it answers 1 (runtime error), retry later.
 
 from __future__ import annotations
 
+from aiserving import metrics
 from aiserving.api.grpc.mapping import result
 from aiserving.api.grpc.protocol import inference_pb2_grpc
 from aiserving.errors import BackendNotFound, InputError, QueueFull
@@ -21,23 +22,27 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self.node = node
 
     def InferenceLocal(self, request, context):
+        seen = {"model": ""}
+
         def local():
-            backend = self._backend(request.bid)
+            backend = seen["backend"] = self._backend(request.bid)
             _require(request, "uuid", "path")
             settings = self.node.settings
             check_input_path(request.path, backend, settings["request.max_image_bytes"],
                              settings["input.roots"])
             return self._queue(backend, request, path=request.path)
-        return result(LOCAL_INPUT_ERROR, local, keep=(QueueFull,))
+        return _counted(result(LOCAL_INPUT_ERROR, local, keep=(QueueFull,)), seen)
 
     def InferenceRemote(self, request, context):
+        seen = {"model": ""}
+
         def remote():
-            backend = self._backend(request.bid)
+            backend = seen["backend"] = self._backend(request.bid)
             _require(request, "uuid", "base64", "type")
             data = decode_inline(request.base64, request.type, backend,
                                  self.node.settings["request.max_image_bytes"])
             return self._queue(backend, request, image=data, kind=request.type)
-        return result(REMOTE_INPUT_ERROR, remote, keep=(QueueFull,))
+        return _counted(result(REMOTE_INPUT_ERROR, remote, keep=(QueueFull,)), seen)
 
     def _backend(self, bid: str) -> dict:
         try:
@@ -49,6 +54,14 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         # Returns at once; `msg` is the uuid the result will be stored under in db 5.
         submit(self.node.broker, backend, request.uuid, **job)
         return request.uuid
+
+
+def _counted(answer, seen: dict):
+    # The result comes later (db 5): what the door knows is whether the job was queued.
+    model = (seen.get("backend") or {}).get("serving") or ""
+    metrics.requests().labels("grpc", model, "queued" if answer.code == 0
+                              else str(answer.code)).inc()
+    return answer
 
 
 def _require(request, *fields: str) -> None:

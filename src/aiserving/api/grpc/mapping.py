@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 _KEEP_CODE = (BackendLimit, TooManyBackends, BackendRunning, BadFullhash, QueueFull)
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-           409: grpc.StatusCode.ALREADY_EXISTS, 422: grpc.StatusCode.FAILED_PRECONDITION,
+           409: grpc.StatusCode.ALREADY_EXISTS,
+           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.FAILED_PRECONDITION,
            503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 

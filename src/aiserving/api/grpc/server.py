@@ -1,4 +1,9 @@
-"""The gRPC server of a node: five services of proto package `trueno`, in the node daemon."""
+"""The gRPC server of a node: five services of proto package `trueno`, in the node daemon.
+
+Guarded by a server interceptor: tokens are checked before a call runs
+(`UNAUTHENTICATED`), the address allow-list of management calls when it runs
+(`PERMISSION_DENIED`: only the handler's context knows the peer).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ from aiserving.api.grpc.inference_service import InferenceService
 from aiserving.api.grpc.model_service import ModelService
 from aiserving.api.grpc.protocol import (backend_pb2_grpc, connectivity_pb2_grpc, exchange_pb2_grpc,
                                          inference_pb2_grpc, model_pb2_grpc)
-from aiserving.auth import ADMIN_RPCS, Guard, Unauthenticated
+from aiserving.auth import ADMIN_RPCS, Forbidden, Guard, Unauthenticated
 from aiserving.bundle.catalog import ModelCatalog
 from aiserving.errors import ConfigError
+from aiserving.tls import TlsFiles
 from aiserving.uploads import CHUNK_BYTES, UploadStore
 
 log = logging.getLogger(__name__)
@@ -25,25 +31,33 @@ log = logging.getLogger(__name__)
 _MAX_MESSAGE = CHUNK_BYTES + 64 * 1024  # a 2 MiB chunk plus its envelope
 
 
+def max_message_bytes(settings) -> int:
+    """`grpc.max_message_bytes`, or (0) room for the base64 of the largest inline image."""
+    return settings["grpc.max_message_bytes"] or max(
+        _MAX_MESSAGE, settings["request.max_image_bytes"] * 4 // 3 + 64 * 1024)
+
+
 class GrpcServer:
-    def __init__(self, node):
+    def __init__(self, node, tls: TlsFiles | None = None):
         settings = node.settings
         self.node = node
         self.address = settings["grpc.address"]
+        self.tls = tls
         self._stopped = threading.Event()
         run = settings.storage / "run"
-        self.uploads = UploadStore(run / "uploads", settings["upload.ttl_s"])
+        self.uploads = UploadStore(run / "uploads", settings["upload.ttl_s"],
+                                   settings["upload.max_bytes"], settings["upload.max_total_bytes"])
         self.catalog = ModelCatalog(node.store, run, settings["import.max_bytes"],
                                     settings["model.max_labels"], settings["model.max_record_bytes"],
                                     settings["import.max_entries"], settings["import.max_ratio"])
-        max_message = max(_MAX_MESSAGE, settings["request.max_image_bytes"] * 4 // 3 + 1024)
-        guard = Guard(settings["auth.token"], settings["auth.admin_token"])
+        max_message = max_message_bytes(settings)
+        guard = Guard.from_settings(settings)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings["grpc.threads"],
                                        thread_name_prefix="grpc"),
-            interceptors=[_Authenticate(guard)] if guard.active else [],
+            interceptors=[_ReadableRequests()] + ([_Authenticate(guard)] if guard.active else []),
             options=[("grpc.max_receive_message_length", max_message),
-                     ("grpc.max_send_message_length", _MAX_MESSAGE),
+                     ("grpc.max_send_message_length", max_message),
                      ("grpc.so_reuseport", 0)])
         backend_pb2_grpc.add_BackendServicer_to_server(BackendService(node), self.server)
         model_pb2_grpc.add_ModelServicer_to_server(
@@ -55,7 +69,13 @@ class GrpcServer:
 
     def start(self) -> "GrpcServer":
         try:
-            port = self.server.add_insecure_port(self.address)
+            if self.tls is None:
+                port = self.server.add_insecure_port(self.address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(self.tls.key, self.tls.cert)], root_certificates=self.tls.client_ca,
+                    require_client_auth=self.tls.client_ca is not None)
+                port = self.server.add_secure_port(self.address, credentials)
         except RuntimeError:
             port = 0
         if not port:
@@ -65,7 +85,13 @@ class GrpcServer:
         self.server.start()
         self._sweeper = threading.Thread(target=self._sweep, name="upload-sweeper", daemon=True)
         self._sweeper.start()
-        log.info("gRPC API listening on %s (protobuf: %s)", self.address, protobuf_implementation())
+        if self.tls is None:
+            door = "plain text, no TLS (set tls.cert and tls.key for TLS)"
+        else:
+            door = "TLS, certificate " + self.tls.cert_path + (
+                ", client certificates required (tls.client_ca)" if self.tls.client_ca else "")
+        log.info("gRPC API listening on %s: %s (protobuf: %s)", self.address, door,
+                 protobuf_implementation())
         return self
 
     def stop(self, grace: float = 5.0) -> None:
@@ -74,7 +100,7 @@ class GrpcServer:
 
     def _sweep(self) -> None:
         """Expired uploads go even when no new upload comes to trigger it."""
-        while not self._stopped.wait(60):
+        while not self._stopped.wait(min(60.0, max(1.0, self.uploads.ttl_s / 4))):
             try:
                 self.uploads.sweep()
             except OSError as exc:
@@ -92,11 +118,82 @@ class _Authenticate(grpc.ServerInterceptor):
         if handler is None:
             return None
         metadata = dict(details.invocation_metadata or ())
+        admin = details.method in ADMIN_RPCS
         try:
-            self.guard.check(metadata.get("authorization"), details.method in ADMIN_RPCS)
+            self.guard.check(metadata.get("authorization"), admin)
         except Unauthenticated as exc:
             return _refusal(handler, exc.message)
+        if admin and self.guard.networks:
+            return _address_checked(handler, self.guard)
         return handler
+
+
+class _Malformed:
+    """What the deserializer hands on for bytes that are not the rpc's message."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+class _ReadableRequests(grpc.ServerInterceptor):
+    """A request that does not parse as the rpc's message is INVALID_ARGUMENT.
+
+    Left to grpc it is INTERNAL, with a traceback in the log for every such call:
+    what a client sent wrong must read as the client's mistake.
+    """
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse, method = handler.request_deserializer, details.method
+        _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        behaviour = getattr(handler, attribute)
+
+        def deserialize(data):
+            try:
+                return parse(data)
+            except Exception as exc:  # DecodeError, invalid UTF-8, ...: the sender's bytes
+                return _Malformed(f"{type(exc).__name__}: {exc}")
+
+        def check(request, context):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the request is not a valid message for {method}: {request.why}")
+            return request
+
+        if handler.request_streaming:
+            def requests_checked(requests, context):
+                return (check(r, context) for r in requests)
+
+            if handler.response_streaming:
+                def run(requests, context):
+                    yield from behaviour(requests_checked(requests, context), context)
+            else:
+                def run(requests, context):
+                    return behaviour(requests_checked(requests, context), context)
+        elif handler.response_streaming:
+            def run(request, context):
+                yield from behaviour(check(request, context), context)
+        else:
+            def run(request, context):
+                return behaviour(check(request, context), context)
+        make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        return make(run, request_deserializer=deserialize,
+                    response_serializer=handler.response_serializer)
+
+
+_KINDS = {(False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
+          (False, True): (grpc.unary_stream_rpc_method_handler, "unary_stream"),
+          (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
+          (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream")}
+
+
+def _like(handler, behaviour):
+    """A handler of the same kind as `handler` that runs `behaviour`."""
+    make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    return make(behaviour, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
 
 
 def _refusal(handler, message: str):
@@ -104,13 +201,32 @@ def _refusal(handler, message: str):
     def refuse(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(refuse, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return _like(handler, refuse)
+
+
+def _address_checked(handler, guard: Guard):
+    """`handler`, run only for a peer inside `auth.admin_addresses` (else PERMISSION_DENIED)."""
+    _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    behaviour = getattr(handler, attribute)
+
+    def check(context):
+        try:
+            guard.check_address(context.peer())
+        except Forbidden as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
+
+    if handler.response_streaming:
+        def guarded_stream(request, context):
+            check(context)
+            yield from behaviour(request, context)
+
+        return _like(handler, guarded_stream)
+
+    def guarded(request, context):
+        check(context)
+        return behaviour(request, context)
+
+    return _like(handler, guarded)
 
 
 def protobuf_implementation() -> str:

@@ -1,0 +1,351 @@
+"""The node against the raw framework, measured in one run on the same cores.
+
+    .venv/bin/python bench/bench_serving.py [--seconds 8] [--out bench/RESULTS.md]
+
+Two models: the demo bundle (a tiny CNN, overhead-bound) and a MobileNetV2-shaped
+CNN (10-30 ms per image on one core, compute-bound), both as vendors ship them.
+
+Raw: the bundle's own pre-processing, forward pass and post-processing in a loop,
+in-process, at batch 1 and at the backend's batch size, in one process using all
+cores and in one single-threaded process per core. Node: a real node (`run.py`)
+with its **default settings**, closed-loop HTTP clients (keep-alive, one
+connection each) at concurrency 1, 8 and 16 on the same machine. Printed and
+written to `--out`: req/s, p50/p99, served/raw ratios, CPU-ms per request of each
+kind of node process (REST front, daemon, redis, inference workers) and the idle
+node's memory (front + daemon + redis, no model loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+
+from aiserving.bundle.record import DistroRecord  # noqa: E402
+from aiserving.bundle.store import BundleStore  # noqa: E402
+from aiserving.bundle.vendor import VendorCode  # noqa: E402
+from aiserving.demo import LABELS, draw_shape, ensure_demo  # noqa: E402
+from tests.support.node import NodeProcess  # noqa: E402
+
+BATCH = 8
+CNN_PRE = '''\
+import numpy as np
+from PIL import Image
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def pre_dataprocess(infer_data):
+    image = Image.open(infer_data["path"]).convert("RGB").resize((224, 224))
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
+    return {"feed_list": [x.transpose(2, 0, 1).copy()], "passby": {"path": infer_data["path"]}}
+'''
+CNN_POST = '''\
+import numpy as np
+
+
+def post_dataprocess(post_frame):
+    scores = np.asarray(post_frame["infers"][0])
+    best = int(scores.argmax())
+    return {"label": post_frame["labels"][best], "score": float(scores[best])}
+'''
+
+
+def mobilenet_v2(classes: int = 10):
+    """MobileNetV2's layer shapes (width 1.0, 224x224), random weights."""
+    import torch
+    from torch import nn
+
+    def conv(i, o, k=3, s=1, g=1, act=True):
+        layers = [nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o)]
+        return layers + ([nn.ReLU6(inplace=True)] if act else [])
+
+    class Inverted(nn.Module):
+        def __init__(self, i, o, s, t):
+            super().__init__()
+            h = i * t
+            layers = (conv(i, h, 1) if t != 1 else []) + conv(h, h, 3, s, h) + \
+                conv(h, o, 1, act=False)
+            self.body = nn.Sequential(*layers)
+            self.skip = s == 1 and i == o
+
+        def forward(self, x):
+            return x + self.body(x) if self.skip else self.body(x)
+
+    torch.manual_seed(0)
+    layers, c = conv(3, 32, 3, 2), 32
+    for t, o, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for k in range(n):
+            layers.append(Inverted(c, o, s if k == 0 else 1, t))
+            c = o
+    layers += conv(c, 1280, 1) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, classes)]
+    return nn.Sequential(*layers).eval()
+
+
+def write_cnn_bundle(storage: Path):
+    import torch
+
+    model = mobilenet_v2()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), buffer)
+    record = DistroRecord.create(name="mobilenet", labels=[f"class{n}" for n in range(10)],
+                                 head="MobileNetV2", bone="bench", impl="pytorch.structureEmbed",
+                                 version="1", modelext="")
+    return BundleStore(storage).write(record, {"model_core": buffer.getvalue(),
+                                               "pre_dataprocess.py": CNN_PRE,
+                                               "post_dataprocess.py": CNN_POST})
+
+
+# --- raw framework ----------------------------------------------------------------------
+
+def _raw_loop(bundle_path: str, images: list[str], batch: int, threads: int, seconds: float,
+              start, out) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    store_root = Path(bundle_path).parents[2]
+    implhash, version = Path(bundle_path).parent.name, Path(bundle_path).name
+    bundle = BundleStore(store_root).load(implhash, version)
+    vendor = VendorCode.load(bundle)
+    if bundle.record.impl.endswith("structureEmbed"):
+        model = torch.jit.load(str(bundle.path / "model_core"))
+    else:
+        namespace: dict = {}
+        exec((bundle.path / "model.py").read_text(), namespace)
+        model = namespace["build_structure"]()
+        model.load_state_dict(torch.load(bundle.path / "param.pth",
+                                         weights_only=True)["state_dict"])
+    model.eval()
+    rec = bundle.record
+    frame = {"labels": rec.labels, "threshold": rec.threshold_values, "mapping": rec.mapping}
+
+    def step(paths):
+        pres = [vendor.pre({"uuid": "x", "path": p}) for p in paths]
+        feed = torch.from_numpy(np.stack([p["feed_list"][0] for p in pres]))
+        with torch.inference_mode():
+            outs = model(feed).numpy()
+        for pre, out in zip(pres, outs):
+            vendor.post({**frame, "infers": [out], "passby": pre["passby"]})
+
+    for _ in range(3):
+        step(images[:batch])
+    start.wait()
+    n, t0, lat = 0, time.perf_counter(), []
+    while time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
+        step([images[(n + k) % len(images)] for k in range(batch)])
+        lat.append((time.perf_counter() - t) / batch)
+        n += batch
+    out.put((n, time.perf_counter() - t0, statistics.median(lat)))
+
+
+def raw(bundle, images, batch: int, processes: int, threads: int, seconds: float) -> dict:
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_raw_loop, args=(str(bundle.path), [str(p) for p in images],
+                                                  batch, threads, seconds, start, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    start.set()
+    got = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    rate = sum(n / took for n, took, _ in got)
+    return {"rate": rate, "p50_ms": 1000 * statistics.median(m for _, _, m in got)}
+
+
+# --- the node ---------------------------------------------------------------------------
+
+def _kind(process: psutil.Process, root: int) -> str:
+    if process.pid == root:
+        return "daemon"
+    try:
+        cmd = " ".join(process.cmdline())
+    except psutil.Error:
+        return "other"
+    if "redis-server" in cmd or "redis" in process.name():
+        return "redis"
+    if "gunicorn" in cmd:
+        return "front"
+    if "spawn_main" in cmd:
+        return "workers"
+    return "other"
+
+
+def _cpu_by_kind(node) -> dict[str, float]:
+    root = psutil.Process(node.proc.pid)
+    totals: dict[str, float] = {}
+    for p in [root] + root.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            totals[_kind(p, root.pid)] = totals.get(_kind(p, root.pid), 0.0) + t.user + t.system
+        except psutil.Error:
+            pass
+    return totals
+
+
+def _idle_memory_mb(node) -> tuple[float, float]:
+    """(RSS, PSS) of the front, daemon and redis processes, once the start-up probes of
+    the frameworks (child processes that import each one) have exited."""
+    root = psutil.Process(node.proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+            _kind(p, root.pid) in ("workers", "other") for p in root.children(recursive=True)):
+        time.sleep(0.5)
+    rss = pss = 0
+    for p in [root] + root.children(recursive=True):
+        if _kind(p, root.pid) not in ("front", "daemon", "redis"):
+            continue
+        try:
+            full = p.memory_full_info()
+            rss, pss = rss + full.rss, pss + full.pss
+        except psutil.Error:
+            pass
+    return rss / 2 ** 20, pss / 2 ** 20
+
+
+def load(port: int, images: list[Path], clients: int, seconds: float, bid: str) -> dict:
+    stop_at = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        mine, k = [], n
+        while time.perf_counter() < stop_at:
+            body = json.dumps({"path": str(images[k % len(images)]), "bid": bid})
+            t = time.perf_counter()
+            conn.request("POST", "/api/v1alpha/detect", body,
+                         {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            data = answer.read()
+            mine.append(time.perf_counter() - t)
+            if answer.status != 200:
+                failures.append(data[:200].decode(errors="replace"))
+            k += clients
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - t0
+    q = statistics.quantiles(latencies, n=100)
+    return {"rate": len(latencies) / took, "p50_ms": 1000 * q[49], "p99_ms": 1000 * q[98],
+            "requests": len(latencies), "failures": len(failures),
+            "first_failure": failures[0] if failures else ""}
+
+
+def node_runs(storage: Path, bundle, images, seconds: float) -> tuple[list[dict], dict, tuple]:
+    # The product's defaults: none of the fixed sizes the test suite pins.
+    node = NodeProcess(storage, env={"AISRV_BACKEND_INFERPROCNUM": None,
+                                     "AISRV_BATCH_AUTOTUNE": None,
+                                     "AISRV_REQUEST_TIMEOUT_S": None}).start()
+    try:
+        idle = _idle_memory_mb(node)
+        bid = node.switch(btype="pytorch", model=bundle.fullhash)
+        node.wait_switch(bid, timeout=300)
+        sizing = node.get("/api/v1alpha/switch", params={"bid": bid}).json()["sizing"]
+        load(node.port, images, 4, 2.0, bid)  # warm up
+        rows = []
+        for clients in (1, 8, 16):
+            before = _cpu_by_kind(node)
+            row = load(node.port, images, clients, seconds, bid)
+            after = _cpu_by_kind(node)
+            row["clients"] = clients
+            row["cpu_ms"] = {k: 1000 * (after.get(k, 0) - before.get(k, 0)) / row["requests"]
+                             for k in ("front", "daemon", "redis", "workers")}
+            rows.append(row)
+        return rows, sizing, idle
+    finally:
+        node.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--models", default="demo,cnn")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    lines = [f"# Benchmark results\n",
+             f"Machine: {platform.processor() or platform.machine()}, {cores} cores, "
+             f"{psutil.virtual_memory().total / 2 ** 30:.1f} GiB, Python "
+             f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. Command: "
+             f"`.venv/bin/python bench/bench_serving.py --seconds {args.seconds:g}`. The load "
+             f"generator runs on the same cores as the node.\n"]
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Path(tmp) / "storage"
+        demo, _ = ensure_demo(storage)
+        cnn = write_cnn_bundle(storage)
+        import random
+
+        rng = random.Random(0)
+        images = []
+        for n in range(64):
+            path = storage / "input" / f"img{n}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
+            images.append(path)
+        for name in args.models.split(","):
+            bundle = {"demo": demo, "cnn": cnn}[name]
+            raws = {}
+            for batch in (1, BATCH):
+                raws[f"1 process x {cores} threads, batch {batch}"] = raw(
+                    bundle, images, batch, 1, cores, args.seconds)
+                raws[f"{cores} processes x 1 thread, batch {batch}"] = raw(
+                    bundle, images, batch, cores, 1, args.seconds)
+            best = max(r["rate"] for r in raws.values())
+            single = raws[f"1 process x {cores} threads, batch 1"]
+            rows, sizing, idle = node_runs(storage, bundle, images, args.seconds)
+            lines.append(f"\n## {name} ({bundle.record.impl})\n")
+            lines.append("| raw framework, in-process | images/s | p50 ms per image |")
+            lines.append("|---|---:|---:|")
+            for label, r in raws.items():
+                lines.append(f"| {label} | {r['rate']:.1f} | {r['p50_ms']:.2f} |")
+            lines.append(f"\nNode defaults chose: {sizing}. Idle node (front + daemon + "
+                         f"redis, no model): {idle[0]:.0f} MB RSS, {idle[1]:.0f} MB PSS "
+                         f"(pages the forked front workers share counted once).\n")
+            lines.append("| node, REST | req/s | served/raw best | p50 ms | p99 ms | "
+                         "p50 added to raw batch-1 | CPU-ms/req front | daemon | redis | "
+                         "workers | failures |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in rows:
+                c = r["cpu_ms"]
+                lines.append(f"| concurrency {r['clients']} | {r['rate']:.1f} | "
+                             f"{r['rate'] / best:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                             f"{r['p50_ms'] - single['p50_ms']:+.2f} | {c['front']:.3f} | "
+                             f"{c['daemon']:.3f} | {c['redis']:.3f} | {c['workers']:.3f} | "
+                             f"{r['failures']} |")
+            print("\n".join(lines[-(len(rows) + len(raws) + 6):]), flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""How big a batch should get: measured once per inference process, at preheat.
+
+Batching pays where the framework's cost per item falls with the batch size (a
+GPU, a model dominated by per-call overhead); on a small CPU a convolutional
+network often costs *more* per item in a batch of 8 than alone. The worker
+times its own pipeline at batch 1, 2, 4, ... up to the backend's batch size and
+stops growing batches where the cost per item stops falling.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+#: a bigger batch must be at least this much cheaper per item to be worth its wait
+GAIN = 0.05
+#: runs per size: at least REPEATS, more for a fast model until BUDGET_S is spent
+REPEATS = 3
+MAX_REPEATS = 100
+BUDGET_S = 0.15
+
+
+def sizes_to_try(batchsize: int) -> list[int]:
+    sizes, n = [], 1
+    while n < batchsize:
+        sizes.append(n)
+        n *= 2
+    return sizes + [batchsize]
+
+
+def measure(run: Callable[[int], None], batchsize: int,
+            clock: Callable[[], float] = time.perf_counter,
+            per_batch: float = 0.0) -> tuple[int, dict[int, float]]:
+    """(batch cap, {batch size: seconds per item}) for `run(n)`, which runs a batch of n.
+
+    Sizes are tried in order while the cost per item keeps falling by GAIN; the
+    best of several runs counts, so one stall of a busy box does not decide it.
+    `per_batch`: what serving a batch costs besides the pipeline (taking it from
+    and answering it to redis), shared by its items like the framework call.
+    """
+    table: dict[int, float] = {}
+    cap = 1
+    for size in sizes_to_try(batchsize):
+        best, spent, runs = float("inf"), 0.0, 0
+        while runs < REPEATS or (spent < BUDGET_S and runs < MAX_REPEATS):
+            t0 = clock()
+            run(size)
+            took = clock() - t0
+            best, spent, runs = min(best, took), spent + took, runs + 1
+        table[size] = (best + per_batch) / size
+        if size > 1:
+            if table[size] > table[cap] * (1 - GAIN):
+                break
+            cap = size
+    return cap, table
+
+
+def describe(cap: int, table: dict[int, float]) -> str:
+    cells = ", ".join(f"{size}: {1000 * cost:.2f} ms" for size, cost in table.items())
+    return f"cost per item by batch size: {cells}; batches capped at {cap}"
