@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -286,11 +287,49 @@ def node_runs(storage: Path, bundle, images, seconds: float) -> tuple[list[dict]
         node.stop()
 
 
+def floor(images: list[Path], seconds: float) -> list[dict]:
+    """req/s and CPU of a minimal Flask app under the node's gunicorn settings."""
+    from tests.support.node import free_port
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]))
+    front = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--worker-class", "aiserving.api.http_worker.GuardedGeventWorker",
+         "--worker-connections", "1000", "--keep-alive", "2", "--log-level", "warning",
+         "floor_app:app"], env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("POST", "/api/v1alpha/detect", "{}")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        tree = [psutil.Process(front.pid)] + psutil.Process(front.pid).children(recursive=True)
+        rows = []
+        for clients in (1, 16):
+            cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree)
+            row = load(port, images, clients, seconds, "")
+            row["clients"] = clients
+            row["cpu_ms"] = 1000 * (sum(sum(p.cpu_times()[:2]) for p in tree) - cpu0) / \
+                row["requests"]
+            rows.append(row)
+        return rows
+    finally:
+        front.terminate()
+        front.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--models", default="demo,cnn")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the minimal Flask app under the same gunicorn settings")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     lines = [f"# Benchmark results\n",
@@ -312,7 +351,7 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
             images.append(path)
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             bundle = {"demo": demo, "cnn": cnn}[name]
             raws = {}
             for batch in (1, BATCH):
@@ -343,6 +382,16 @@ def main() -> None:
                              f"{c['daemon']:.3f} | {c['redis']:.3f} | {c['workers']:.3f} | "
                              f"{r['failures']} |")
             print("\n".join(lines[-(len(rows) + len(raws) + 6):]), flush=True)
+        if not args.no_floor:
+            lines.append("\n## The front's floor: a minimal Flask app, same gunicorn settings\n")
+            lines.append("It answers a fixed JSON body: no redis, no model. What the node's "
+                         "front can reach with Flask under gunicorn + gevent on this box.\n")
+            lines.append("| minimal app | req/s | p50 ms | p99 ms | CPU-ms/req (gunicorn) |")
+            lines.append("|---|---:|---:|---:|---:|")
+            for r in floor(images, args.seconds):
+                lines.append(f"| concurrency {r['clients']} | {r['rate']:.1f} | "
+                             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms']:.3f} |")
+            print("\n".join(lines[-6:]), flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {args.out}")
 

@@ -1,4 +1,4 @@
-"""The batch cap: batches grow while the cost per item keeps falling."""
+"""The batch cap: the smallest batch within 5 % of the cheapest cost per item."""
 
 import pytest
 
@@ -17,6 +17,16 @@ def _timed(per_call: float, per_item: float):
     return run, (lambda: now[0]), calls
 
 
+def _costs(table: dict):
+    """A fake pipeline and clock with a given cost per item for each batch size."""
+    now = [0.0]
+
+    def run(n):
+        now[0] += table[n] * n
+
+    return run, (lambda: now[0])
+
+
 def test_sizes_tried_are_powers_of_two_and_the_batch_size():
     assert batching.sizes_to_try(8) == [1, 2, 4, 8]
     assert batching.sizes_to_try(12) == [1, 2, 4, 8, 12]
@@ -33,18 +43,30 @@ def test_call_overhead_makes_batches_worth_it():
 def test_a_model_that_costs_the_same_per_item_is_not_batched():
     run, clock, calls = _timed(per_call=0.0, per_item=0.100)
     cap, table = batching.measure(run, 8, clock)
-    assert cap == 1
-    assert sorted(table) == [1, 2]  # it stopped at the first size that did not pay
-    assert calls == [1, 1, 1, 2, 2, 2]
+    assert cap == 1 and sorted(table) == [1, 2, 4, 8]
+    assert calls[:3] == [1, 1, 1]
 
 
-def test_a_cost_that_rises_again_stops_the_growth():
-    costs = {1: 0.010, 2: 0.006, 4: 0.0058, 8: 0.004}  # 4 is not 5 % cheaper than 2
-    now = [0.0]
+def test_a_small_first_step_does_not_hide_a_bigger_saving_later():
+    run, clock = _costs({1: 0.52, 2: 0.51, 4: 0.45, 8: 0.41})
+    cap, _ = batching.measure(run, 8, clock)
+    assert cap == 8
 
-    def run(n):
-        now[0] += costs[n] * n
 
-    cap, table = batching.measure(run, 8, lambda: now[0])
-    assert cap == 2 and 8 not in table
+def test_the_smallest_batch_near_the_cheapest_is_chosen():
+    run, clock = _costs({1: 0.010, 2: 0.006, 4: 0.0059, 8: 0.0061})
+    cap, table = batching.measure(run, 8, clock)
+    assert cap == 2
     assert "batches capped at 2" in batching.describe(cap, table)
+
+
+def test_sizes_far_dearer_than_the_best_stop_the_search():
+    run, clock = _costs({1: 0.020, 2: 0.025, 4: 0.031, 8: 0.040})
+    cap, table = batching.measure(run, 8, clock)
+    assert cap == 1 and sorted(table) == [1, 2, 4]
+
+
+def test_the_serving_cost_of_a_batch_is_shared_by_its_items():
+    run, clock = _costs({1: 0.010, 2: 0.010, 4: 0.010, 8: 0.010})
+    assert batching.measure(run, 8, clock)[0] == 1
+    assert batching.measure(run, 8, clock, per_batch=0.02)[0] == 8

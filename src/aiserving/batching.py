@@ -14,6 +14,7 @@ from typing import Callable
 
 #: a bigger batch must be at least this much cheaper per item to be worth its wait
 GAIN = 0.05
+GIVE_UP = 1.5  # a size this much dearer per item than the best: bigger ones are not tried
 #: runs per size: at least REPEATS, more for a fast model until BUDGET_S is spent
 REPEATS = 3
 MAX_REPEATS = 100
@@ -33,13 +34,14 @@ def measure(run: Callable[[int], None], batchsize: int,
             per_batch: float = 0.0) -> tuple[int, dict[int, float]]:
     """(batch cap, {batch size: seconds per item}) for `run(n)`, which runs a batch of n.
 
-    Sizes are tried in order while the cost per item keeps falling by GAIN; the
-    best of several runs counts, so one stall of a busy box does not decide it.
+    Every size is timed (the best of several runs, so one stall of a busy box does
+    not decide it) until one costs GIVE_UP times the best so far per item; the cap
+    is the smallest size within GAIN of the cheapest, so a batch only grows for a
+    real saving.
     `per_batch`: what serving a batch costs besides the pipeline (taking it from
     and answering it to redis), shared by its items like the framework call.
     """
     table: dict[int, float] = {}
-    cap = 1
     for size in sizes_to_try(batchsize):
         best, spent, runs = float("inf"), 0.0, 0
         while runs < REPEATS or (spent < BUDGET_S and runs < MAX_REPEATS):
@@ -48,10 +50,10 @@ def measure(run: Callable[[int], None], batchsize: int,
             took = clock() - t0
             best, spent, runs = min(best, took), spent + took, runs + 1
         table[size] = (best + per_batch) / size
-        if size > 1:
-            if table[size] > table[cap] * (1 - GAIN):
-                break
-            cap = size
+        if table[size] > GIVE_UP * min(table.values()):
+            break
+    cheapest = min(table.values())
+    cap = min(size for size, cost in table.items() if cost <= cheapest * (1 + GAIN))
     return cap, table
 
 

@@ -86,6 +86,9 @@ class Node:
         threading.Thread(target=supported_types, name="probe", daemon=True).start()
         # Inline inputs left by a node that did not stop cleanly: no job will read them.
         shutil.rmtree(self.settings.storage / "run" / "tmp", ignore_errors=True)
+        # Batch caps measured by the last run: this one measures afresh.
+        for stale in (self.settings.storage / "run").glob("tune-*.json"):
+            stale.unlink(missing_ok=True)
         self.db.delete(self.keys.backends, self.keys.routes, self.keys.rest_bid,
                        self.keys.commands)
         self.db.set(self.keys.alive, "1", ex=5)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from aiserving import metrics
 from aiserving.status import ProcStatus
-from aiserving.worker_link import (EXIT_LOAD_FAILED, IDLE, INDEX, INFER, POST, PRE, STAGE,
-                                   STARTED, temp_prefix, worker_main)
+from aiserving.worker_link import (BATCH_IDS_BYTES, EXIT_LOAD_FAILED, IDLE, INDEX, INFER, POST,
+                                   PRE, STAGE, STARTED, read_batch, temp_prefix, worker_main)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class WorkerProcess:
         # The watchdog's view of the batch in hand: its job ids (from the worker), the
         # shared progress array (batch start, stage, item), the worker's batch deadline.
         self.progress = None
-        self.batch: list[str] = []
+        self.board = None  # shared: the ids of the batch the process runs
         self.batch_timeout: float | None = None
         self.batch_cap: int | None = None  # what the worker's preheat measured
         self.hung: list[str] = []  # jobs to answer with an error before the restart
@@ -61,9 +61,11 @@ class WorkerProcess:
         recv, send = self.ctx.Pipe(duplex=False)
         self.stop_event = self.ctx.Event()
         self.progress = self.ctx.Array("d", 3, lock=False)
-        self.batch, self.batch_timeout = [], None
+        self.board = self.ctx.Array("c", BATCH_IDS_BYTES, lock=False)
+        self.batch_timeout = None
         self.process = self.ctx.Process(target=worker_main,
-                                        args=(self.spec, send, self.stop_event, self.progress),
+                                        args=(self.spec, send, self.stop_event, self.progress,
+                                              self.board),
                                         name=self.name, daemon=True)
         self.process.start()
         send.close()  # only the child writes; EOF on our end means it is gone
@@ -84,9 +86,6 @@ class WorkerProcess:
                 self.conn.close()
                 self.conn = None
                 break
-            if "batch" in message:
-                self.batch = message["batch"]
-                continue
             status, msg = ProcStatus(message["status"]), message.get("msg", "")
             self.batch_timeout = message.get("batch_timeout", self.batch_timeout)
             self.batch_cap = message.get("batch_cap", self.batch_cap)
@@ -113,10 +112,11 @@ class WorkerProcess:
         if took <= self.batch_timeout:
             return False
         stage, index = int(self.progress[STAGE]), int(self.progress[INDEX])
-        if 0 <= index < len(self.batch) and (stage != INFER or len(self.batch) == 1):
-            self.hung = [self.batch[index]]
+        batch = read_batch(self.board)
+        if 0 <= index < len(batch) and (stage != INFER or len(batch) == 1):
+            self.hung = [batch[index]]
         else:
-            self.hung = list(self.batch)
+            self.hung = batch
         where = {PRE: "pre-processing", INFER: "the framework call", POST: "post-processing"}
         self.hang_error = (f"the bundle's {where.get(stage, 'code')} did not finish within "
                            f"{self.batch_timeout:.1f} s (worker.batch_timeout_s); the inference "

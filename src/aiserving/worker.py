@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import logging
 import os
 import re
@@ -35,7 +36,8 @@ from aiserving.logs import setup_logging
 from aiserving.pipeline import Item, Pipeline, Timings, to_json
 from aiserving.procutil import die_with_parent
 from aiserving.status import ProcStatus
-from aiserving.worker_link import EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix
+from aiserving.worker_link import (EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix,
+                                   write_batch)
 
 log = logging.getLogger("aiserving.worker")
 
@@ -46,7 +48,7 @@ _DRAIN_GRACE_S = 1.0
 _FINISH_PATIENCE_S = 30.0
 
 
-def worker_main(spec: dict, conn, stop_event, progress) -> None:
+def worker_main(spec: dict, conn, stop_event, progress, board) -> None:
     """Entry point of a spawned inference process."""
     # The node decides when workers stop (Ctrl-C and group-wide SIGTERM reach us too);
     # if the node itself dies, so do we -- pending jobs survive in the stream.
@@ -55,7 +57,7 @@ def worker_main(spec: dict, conn, stop_event, progress) -> None:
     die_with_parent(signal.SIGKILL)
     setup_logging(spec["settings"]["log.level"], f"worker {spec['consumer']}")
     limit_pixels(spec["settings"]["request.max_pixels"])  # before any vendor code runs
-    Worker(spec, conn, stop_event, progress).run()
+    Worker(spec, conn, stop_event, progress, board).run()
 
 
 #: slots of the shared `progress` array the node's watchdog reads
@@ -64,9 +66,10 @@ _BATCH_TIMEOUT_FACTOR = 10.0  # x the measured warm-up time of one item, x the b
 
 
 class Worker:
-    def __init__(self, spec: dict, conn, stop_event, progress):
+    def __init__(self, spec: dict, conn, stop_event, progress, board):
         self.spec = spec
         self.progress = progress
+        self.board = board
         self.settings = spec["settings"]
         self.conn = conn
         self.stop_event = stop_event
@@ -80,6 +83,7 @@ class Worker:
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
+        self._metrics = None
 
     def report(self, status: ProcStatus, msg: str = "", **extra) -> None:
         self._send({"status": int(status), "msg": msg, "pid": os.getpid(), **extra})
@@ -149,27 +153,48 @@ class Worker:
             failed.extend(i.error.message for i in items if i.error is not None)
 
         # One process at a time: two measuring side by side on a small box would each
-        # see the other's load, not their model's.
-        lock = Path(self.settings["storage"]) / "run" / "tune.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as held:
+        # see the other's load, not their model's. The first one's answer serves the
+        # backend's other processes (the same model on the same box and threads).
+        run_dir = Path(self.settings["storage"]) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        threads = self.settings["be.trpy.threads"] or self.settings["backend.threads"]
+        known = run_dir / f"tune-{self.fullhash}-{self.batchsize}-{threads}.json"
+        with open(run_dir / "tune.lock", "a") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
+            try:
+                cap = int(json.loads(known.read_text())["cap"])
+                log.info("%s: batches capped at %d, as measured by this backend's first "
+                         "process", self.fullhash, cap)
+                return cap
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
             cap, table = batching.measure(run, self.batchsize,
-                                          per_batch=2 * self._round_trip())
-        if failed:  # the preheat input does not batch: leave the batch size as set
-            log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
-                        self.batchsize)
-            return self.batchsize
+                                          per_batch=self._batch_overhead())
+            if failed:  # the preheat input does not batch: leave the batch size as set
+                log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
+                            self.batchsize)
+                return self.batchsize
+            known.write_text(json.dumps({"cap": cap}))
         log.info("%s: %s", self.fullhash, batching.describe(cap, table))
         return cap
 
-    def _round_trip(self) -> float:
-        """Seconds of one redis round trip; a batch costs two (taking it, answering it)."""
+    def _batch_overhead(self) -> float:
+        """Seconds a batch costs besides its pipeline: taking it from redis and answering
+        it (the same kinds of commands on scratch keys of this process)."""
+        db, key = self.broker.db, f"aisrv:tune:{self.consumer}"
         times = []
         try:
             for _ in range(15):
                 t0 = time.perf_counter()
-                self.broker.db.ping()
+                db.xlen(key)
+                pipe = db.pipeline(transaction=False)
+                pipe.execute_command("SELECT", brk.RESULT_DB)
+                pipe.set(key, b"r" * 256, ex=5)
+                pipe.rpush(key + ":reply", b"r" * 256)
+                pipe.expire(key + ":reply", 5)
+                pipe.execute_command("SELECT", 0)
+                pipe.xlen(key)
+                pipe.execute()
                 times.append(time.perf_counter() - t0)
         except redis.RedisError:
             return 0.0  # measured without it; the serving loop rides the outage out
@@ -305,7 +330,7 @@ class Worker:
         try:
             if items:
                 # The node's watchdog: which jobs this batch holds, and since when.
-                self._send({"batch": [msg_id.decode() for msg_id, _, _ in items]})
+                write_batch(self.board, [msg_id for msg_id, _, _ in items])
                 self.progress[STARTED] = time.time()
                 timings = pipeline.run([it for _, _, it in items])
         finally:
@@ -329,14 +354,17 @@ class Worker:
                      1000 * timings.infer, 1000 * timings.post)
 
     def _record(self, t_start: float, items: list, timings) -> None:
-        model = self.fullhash
-        stages = metrics.stage_seconds()
-        queue = stages.labels(model, "queue")
+        if self._metrics is None:  # one model per process: its label lookups, once
+            stages = metrics.stage_seconds()
+            self._metrics = ({s: stages.labels(self.fullhash, s)
+                              for s in ("queue", "pre", "infer", "post")},
+                             metrics.batch_size().labels(self.fullhash))
+        stages, batch = self._metrics
         for _, job, _ in items:
-            queue.observe(max(0.0, t_start - float(job.get("t", t_start))))
+            stages["queue"].observe(max(0.0, t_start - float(job.get("t", t_start))))
         for stage in ("pre", "infer", "post"):
-            stages.labels(model, stage).observe(getattr(timings, stage))
-        metrics.batch_size().labels(model).observe(len(items))
+            stages[stage].observe(getattr(timings, stage))
+        batch.observe(len(items))
 
     def _finish(self, rows: list, inline: int) -> None:
         """Store the batch's results; through a short redis outage, keep trying."""

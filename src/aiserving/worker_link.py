@@ -17,13 +17,29 @@ STARTED, STAGE, INDEX = 0, 1, 2
 IDLE, PRE, INFER, POST = 0, 1, 2, 3
 
 
+#: shared memory holding the message ids of the batch a worker runs, for the watchdog
+BATCH_IDS_BYTES = 32 * 1024  # 1000 ids of up to 31 bytes
+
+
+def write_batch(board, ids: list[bytes]) -> None:
+    """Post a batch's message ids (a plain store: no message, no wake-up for the node)."""
+    data = b",".join(ids)
+    if len(data) >= BATCH_IDS_BYTES:  # never with ids redis makes; keep whole ids only
+        data = data[:BATCH_IDS_BYTES - 1].rpartition(b",")[0]
+    board.value = data
+
+
+def read_batch(board) -> list[str]:
+    return [i for i in board.value.decode().split(",") if i]
+
+
 def temp_prefix(consumer: str) -> str:
     """Prefix of the temp files one inference process makes under `<storage>/run/tmp/`."""
     return re.sub(r"[^A-Za-z0-9_.]", "_", consumer) + "-"
 
 
-def worker_main(spec: dict, conn, stop_event, progress) -> None:
+def worker_main(spec: dict, conn, stop_event, progress, board) -> None:
     """Entry point of a spawned inference process."""
     from aiserving import worker
 
-    worker.worker_main(spec, conn, stop_event, progress)
+    worker.worker_main(spec, conn, stop_event, progress, board)
