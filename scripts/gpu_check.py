@@ -78,6 +78,52 @@ def check_pytorch_node(work: Path) -> None:
         node.stop()
 
 
+def check_pytorch_defaults(work: Path) -> None:
+    """A node on its default sizing with be.trpy.device cuda: one process per backend,
+    the batch cap measured on the GPU, results right; a sealed bundle served there too."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    from aiserving.bundle import sealed
+    from tests.support.bundles import reference, write_bundle, write_image
+    from tests.support.node import NodeProcess
+
+    storage = work / "defaults-storage"
+    plain = write_bundle(work / "plain", mode="structureEmbed", seed=7, name="sealed-cuda")
+    key = storage / "keys" / "device-key.pem"
+    sealed.make_device_key(key)
+    target = storage / "models" / plain.record.implhash / plain.record.version
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sealed.seal_bundle(plain.path, target, sealed.read_public_key(sealed.public_path(key)))
+    images = [write_image(work / f"def{n}.png", seed=40 + n) for n in range(4)]
+    os.environ["AISRV_BE_TRPY_DEVICE"] = "cuda"
+    node = NodeProcess(storage, env={"AISRV_BACKEND_INFERPROCNUM": None,
+                                     "AISRV_BATCH_AUTOTUNE": None}).start()
+    try:
+        bid = node.switch(btype="pytorch", model=plain.fullhash)
+        node.wait_switch(bid)
+        sizing = node.get("/api/v1alpha/switch", params={"bid": bid}).json()["sizing"]
+        tables = [line for line in node.log().splitlines() if "cost per item" in line]
+        ok = sizing["processes"] == 1 and sizing["batch_cap"] is not None
+        record("pytorch defaults on cuda (sizing)", "PASS" if ok else "FAIL",
+               f"{sizing}; {tables[0].split(': ', 2)[-1] if tables else 'no table'}")
+        wrong = []
+        for path in images:
+            got = node.detect(path, bid=bid).json()["result"]["scores"]
+            if not np.allclose(got, reference(plain, path), rtol=1e-3, atol=1e-4):
+                wrong.append(path.name)
+        record("sealed bundle served on cuda", "FAIL" if wrong else "PASS",
+               f"results differ for {wrong}" if wrong else
+               "opened with the device key, results equal plain torch on the CPU")
+        print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used",
+                              "--format=csv,noheader"], capture_output=True, text=True).stdout,
+              flush=True)
+    finally:
+        node.stop()
+
+
 def check_onnx(work: Path) -> None:
     import onnxruntime as ort
 
@@ -125,7 +171,8 @@ def check_tensorflow(work: Path) -> None:
            f"batch of 8 on {gpu.device} equals the CPU")
 
 
-CHECKS = {"pytorch": (check_pytorch, check_pytorch_node), "onnx": (check_onnx,),
+CHECKS = {"pytorch": (check_pytorch, check_pytorch_node, check_pytorch_defaults),
+          "onnx": (check_onnx,),
           "tensorflow": (check_tensorflow,)}
 PACKAGES = {"pytorch": "torch", "onnx": "onnxruntime", "tensorflow": "tensorflow"}
 

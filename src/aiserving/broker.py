@@ -176,7 +176,8 @@ class Broker:
         again with `fresh`. An unknown or not-serving backend is looked up afresh
         before it is refused.
         """
-        for refresh in ((True,) if fresh or self._routes is None else (False, True)):
+        tries = [True] if fresh or self._routes is None else [False, True]
+        for refresh in tries:
             if refresh:
                 self._refresh_routes()
             target = bid or self._rest_bid

@@ -24,9 +24,16 @@ LEGACY_MAX_PROCESSES = 2  # inferprocnum above 2 is a limit error (contract)
 def auto_processes(device: str) -> int:
     """Inference processes per backend when nobody chose: one per core, within the
     legacy limit; one on a GPU (a second copy of the model would only share it)."""
-    if device.lower().startswith(("cuda", "gpu")):
+    device = device.lower()
+    if device.startswith(("cuda", "gpu")) or device == "auto" and _has_gpu():
         return 1
     return max(1, min(LEGACY_MAX_PROCESSES, os.cpu_count() or 1))
+
+
+def _has_gpu() -> bool:
+    # What "auto" picks, told without importing a framework: an NVIDIA device node
+    # (a discrete GPU, or a Jetson's integrated one).
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu"))
 
 
 def auto_threads(processes: int) -> int:

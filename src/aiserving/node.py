@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHSIZE = 1000
 MAX_INFERPROCNUM = LEGACY_MAX_PROCESSES
+#: the setting that names a framework's default device (what a backend runs on when
+#: its request names none)
+_DEVICE_SETTING = {"pytorch": "be.trpy.device", "tensorflow": "be.tf.device",
+                   "mxnet": "be.mxnet.device"}
 
 
 class Node:
@@ -137,7 +141,10 @@ class Node:
         if type_name not in supported_types():
             raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
                                      f"(supported: {', '.join(supported_types()) or 'none'})")
-        batchsize, inferprocnum = self._limits(batchsize, inferprocnum, device)
+        batchsize, inferprocnum = self._limits(
+            batchsize, inferprocnum,
+            device or (self.settings[_DEVICE_SETTING[type_name]]
+                       if type_name in _DEVICE_SETTING else ""))
         with self.lock:
             if len(self.backends) >= self.settings["backend.max_count"]:
                 raise TooManyBackends(f"this node already runs {len(self.backends)} backends "

@@ -42,3 +42,15 @@ def test_settings_override_each_choice(storage, start_node):
     assert sizing == {"processes": 1, "threads": 3, "batchsize": 6, "batch_cap": 6}
     assert "cost per item by batch size" not in node.log()
     assert len(node.worker_pids()) == 1
+
+
+def test_a_backend_on_a_gpu_gets_one_process(storage, start_node):
+    # No GPU here: the backend falls back to the CPU (with a warning), but its sizing
+    # is chosen for the device asked for, by the request or by the framework's setting.
+    write_bundle(storage, name="tiny", seed=23)
+    node = start_node(storage, env={"AISRV_BACKEND_INFERPROCNUM": None,
+                                    "AISRV_BE_TRPY_DEVICE": "cuda"})
+    bid = node.switch(btype="pytorch", model="tiny")
+    node.wait_switch(bid)
+    sizing = node.get("/api/v1alpha/switch", params={"bid": bid}).json()["sizing"]
+    assert sizing["processes"] == 1 and sizing["threads"] == CORES
