@@ -1,4 +1,5 @@
-"""Run an AIServing OnBoard node: `python run.py [--port N] [--debug] [--profile] [--demo]`.
+"""Run an AIServing OnBoard node: `python run.py [--port N] [--debug] [--profile] [--demo]`;
+`python run.py <command> ...` runs another `aiserving` command (`device-key`, `bundle`, ...).
 
 Reads `settings.py` beside this file unless AISRV_SETTINGS or --settings names
 another one. Works from a source checkout and from a release-pack; a pack runs
@@ -38,4 +39,8 @@ if __name__ == "__main__":
     default = os.path.join(HERE, "settings.py")
     if os.environ.get("AISRV_SETTINGS") or not os.path.exists(default):
         default = None
-    main(["serve"] + sys.argv[1:], default_settings=default)
+    # `python run.py [serve options]` serves; `python run.py <command> ...` runs one of the
+    # `aiserving` commands (device-key, bundle encrypt, ...), also from a release-pack.
+    commands = ("serve", "demo", "check-bundle", "bundle", "device-key", "settings-table")
+    args = sys.argv[1:]
+    main(args if args and args[0] in commands else ["serve"] + args, default_settings=default)

@@ -20,16 +20,12 @@ from tests.support.grpc_client import Client, backend_pb2, model_info
 from tests.support.node import RUN_PY, NodeProcess
 from tests.support.served import assert_close
 
-ROOT = Path(__file__).resolve().parents[2]
-# The commands of the package under test: the release-pack's when the suite runs on one.
-PACKAGE = RUN_PY.parent if (RUN_PY.parent / "BUILD_INFO.json").exists() else ROOT / "src"
-
-
 def _aiserving(*args) -> str:
-    env = dict(os.environ, PYTHONPATH=str(PACKAGE))
+    """A command of the node under test (`run.py <command>`: the release-pack's too)."""
+    env = dict(os.environ)
     env.pop("AISRV_SETTINGS", None)
-    done = subprocess.run([sys.executable, "-m", "aiserving", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, str(RUN_PY), *args], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=str(RUN_PY.parent))
     assert done.returncode == 0, done.stderr
     return done.stdout
 
