@@ -274,10 +274,17 @@ def node_runs(storage: Path, bundle, images, seconds: float) -> tuple[list[dict]
         sizing = node.get("/api/v1alpha/switch", params={"bid": bid}).json()["sizing"]
         load(node.port, images, 4, 2.0, bid)  # warm up
         rows = []
+        import redis
+
+        stats = redis.Redis(port=node.redis_port)
         for clients in (1, 8, 16):
             before = _cpu_by_kind(node)
+            commands = stats.info("stats")["total_commands_processed"]
             row = load(node.port, images, clients, seconds, bid)
             after = _cpu_by_kind(node)
+            # (the INFO call itself and the node's heartbeat are in it too: a few per second)
+            row["commands"] = (stats.info("stats")["total_commands_processed"] - commands) / \
+                row["requests"]
             row["clients"] = clients
             row["cpu_ms"] = {k: 1000 * (after.get(k, 0) - before.get(k, 0)) / row["requests"]
                              for k in ("front", "daemon", "redis", "workers")}
@@ -372,15 +379,15 @@ def main() -> None:
                          f"(pages the forked front workers share counted once).\n")
             lines.append("| node, REST | req/s | served/raw best | p50 ms | p99 ms | "
                          "p50 added to raw batch-1 | CPU-ms/req front | daemon | redis | "
-                         "workers | failures |")
-            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                         "workers | redis commands/req | failures |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows:
                 c = r["cpu_ms"]
                 lines.append(f"| concurrency {r['clients']} | {r['rate']:.1f} | "
                              f"{r['rate'] / best:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                              f"{r['p50_ms'] - single['p50_ms']:+.2f} | {c['front']:.3f} | "
                              f"{c['daemon']:.3f} | {c['redis']:.3f} | {c['workers']:.3f} | "
-                             f"{r['failures']} |")
+                             f"{r['commands']:.1f} | {r['failures']} |")
             print("\n".join(lines[-(len(rows) + len(raws) + 6):]), flush=True)
         if not args.no_floor:
             lines.append("\n## The front's floor: a minimal Flask app, same gunicorn settings\n")

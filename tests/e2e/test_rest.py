@@ -39,7 +39,10 @@ def test_switch_walks_through_loading_to_loaded(world):
     assert response.json() == {"status": "success", "bid": "0"}
     seen = node.wait_switch()
     assert seen[0]["status"] in ("loading", "preheating")  # it returned before loading was done
-    assert seen[-1] == {"model": "alpha", "status": "loaded", "error": "", "bid": "0"}
+    last = dict(seen[-1])
+    sizing = last.pop("sizing")  # beside the contract's fields: how the backend was sized
+    assert last == {"model": "alpha", "status": "loaded", "error": "", "bid": "0"}
+    assert sizing["processes"] == 1 and sizing["batchsize"] >= 1
     assert node.get("/readyz").status_code == 200
 
 
