@@ -46,20 +46,7 @@ def legacy_key(a64key: str, pvtkey: str) -> bytes:
         sealed = base64.b64decode(a64key, validate=True)
     except (binascii.Error, ValueError):
         raise ModelKeyError("'a64key' is not valid base64") from None
-    try:
-        pem = _read_key_file(pvtkey)
-    except OSError as exc:
-        raise ModelKeyError(f"the private key 'pvtkey' cannot be read: {exc.strerror or exc}") \
-            from None
-    except ValueError:  # a NUL byte: no file has that name
-        raise ModelKeyError("the private key 'pvtkey' cannot be read: not a file path") from None
-    try:
-        private = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ModelKeyError(f"'pvtkey' is not a PEM RSA private key without a password: "
-                            f"{exc}") from None
-    if not isinstance(private, rsa.RSAPrivateKey):
-        raise ModelKeyError("'pvtkey' is not an RSA private key")
+    private = read_private_key(pvtkey, "the private key 'pvtkey'")
     try:
         # With a key that does not match, OpenSSL's implicit rejection gives a random
         # secret instead of an error (no padding oracle): the model then decrypts to
@@ -69,6 +56,25 @@ def legacy_key(a64key: str, pvtkey: str) -> bytes:
         raise ModelKeyError("'a64key' cannot be decrypted with the private key 'pvtkey': a "
                             "wrong a64key or pvtkey") from None
     return hashlib.sha256(secret).digest()
+
+
+def read_private_key(path: str, what: str, hint: str = "") -> rsa.RSAPrivateKey:
+    """The PEM RSA private key (no password) at `path`, or ModelKeyError naming `what`
+    failed (`hint`: what to do about a key that cannot be read)."""
+    try:
+        pem = _read_key_file(path)
+    except OSError as exc:
+        raise ModelKeyError(f"{what} cannot be read: {exc.strerror or exc}{hint}") from None
+    except ValueError:  # a NUL byte: no file has that name
+        raise ModelKeyError(f"{what} cannot be read: not a file path") from None
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ModelKeyError(f"{what} is not a PEM RSA private key without a password: "
+                            f"{exc}") from None
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ModelKeyError(f"{what} is not an RSA private key")
+    return private
 
 
 def _read_key_file(path: str) -> bytes:

@@ -37,12 +37,7 @@ def load_tls(settings) -> TlsFiles | None:
         missing = "tls.key" if cert_path else "tls.cert"
         raise ConfigError(f"Setting '{missing}' is empty, but TLS needs both 'tls.cert' and "
                           "'tls.key' (and 'tls.client_ca' needs them too): set both, or neither.")
-    cert = _read("tls.cert", cert_path)
-    try:
-        x509.load_pem_x509_certificates(cert)
-    except ValueError:
-        raise ConfigError(f"Setting 'tls.cert' is {cert_path!r}, which holds no PEM "
-                          "certificate ('-----BEGIN CERTIFICATE-----').") from None
+    cert = _read_certificates("tls.cert", cert_path)
     key = _read("tls.key", key_path)
     try:
         serialization.load_pem_private_key(key, password=None)
@@ -57,15 +52,18 @@ def load_tls(settings) -> TlsFiles | None:
     except ssl.SSLError as exc:
         raise ConfigError(f"Settings 'tls.cert' and 'tls.key' ({cert_path!r}, {key_path!r}) "
                           f"do not make a usable pair: {exc.reason or exc}.") from None
-    client_ca = None
-    if ca_path:
-        client_ca = _read("tls.client_ca", ca_path)
-        try:
-            x509.load_pem_x509_certificates(client_ca)
-        except ValueError:
-            raise ConfigError(f"Setting 'tls.client_ca' is {ca_path!r}, which holds no PEM "
-                              "certificate.") from None
+    client_ca = _read_certificates("tls.client_ca", ca_path) if ca_path else None
     return TlsFiles(cert_path, key_path, cert, key, client_ca)
+
+
+def _read_certificates(key: str, path: str) -> bytes:
+    data = _read(key, path)
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"Setting '{key}' is {path!r}, which holds no PEM certificate "
+                          "('-----BEGIN CERTIFICATE-----').") from None
+    return data
 
 
 def _read(key: str, path: str) -> bytes:

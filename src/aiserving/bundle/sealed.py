@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from aiserving.crypto import read_private_key
 from aiserving.errors import ModelKeyError
 
 MAGIC = b"AISRVSLD"
@@ -126,20 +127,8 @@ class DeviceKey:
 
 @functools.lru_cache(maxsize=4)
 def _device_key(path: str) -> DeviceKey:
-    try:
-        pem = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelKeyError(f"this bundle is sealed for a device key, and this node's key "
-                            f"(crypto.device_key) cannot be read at {path}: "
-                            f"{exc.strerror or exc}; make one with `aiserving device-key`") \
-            from None
-    try:
-        private = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ModelKeyError(f"crypto.device_key {path} is not a PEM private key without a "
-                            f"password: {exc}") from None
-    if not isinstance(private, rsa.RSAPrivateKey):
-        raise ModelKeyError(f"crypto.device_key {path} is not an RSA private key")
+    private = read_private_key(path, f"this node's device key {path} (crypto.device_key)",
+                               "; make one with `aiserving device-key`")
     return DeviceKey(path, private, fingerprint(private.public_key()))
 
 

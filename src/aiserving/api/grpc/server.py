@@ -178,9 +178,7 @@ class _ReadableRequests(grpc.ServerInterceptor):
         else:
             def run(request, context):
                 return behaviour(check(request, context), context)
-        make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        return make(run, request_deserializer=deserialize,
-                    response_serializer=handler.response_serializer)
+        return _like(handler, run, deserialize)
 
 
 _KINDS = {(False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
@@ -189,10 +187,11 @@ _KINDS = {(False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
           (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream")}
 
 
-def _like(handler, behaviour):
-    """A handler of the same kind as `handler` that runs `behaviour`."""
+def _like(handler, behaviour, deserializer=None):
+    """A handler of the same kind as `handler` that runs `behaviour` (and parses requests
+    with `deserializer`, by default the handler's own)."""
     make, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
-    return make(behaviour, request_deserializer=handler.request_deserializer,
+    return make(behaviour, request_deserializer=deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
 
