@@ -182,6 +182,10 @@ def test_update_distro_of_a_missing_model(catalog):
                                "threshold": ["0.9", "0.1"], "mapping": ["A", "B"]})
     with pytest.raises(ModelNotFound):
         catalog.update_distro(pets())
+    # A version no file system takes as a folder name (found by tests/api/test_fuzz_grpc.py).
+    with pytest.raises(BundleError, match="1 to 128"):
+        catalog.update_distro({"implhash": PETS_HASH, "version": "0" * 1000,
+                               "threshold": ["0.9", "0.1"], "mapping": ["A", "B"]})
 
 
 # -- delete -----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -20,13 +19,11 @@ from pathlib import Path
 
 from aiserving.bundle.archive import atomic_output, pack_export, safe_extract
 from aiserving.bundle.record import DistroRecord, disthash_of, implhash_of
-from aiserving.bundle.store import BundleStore
+from aiserving.bundle.store import HASH, VERSION, BundleStore
 from aiserving.errors import BundleError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-_HASH = re.compile(r"[0-9a-f]{32}")
-_VERSION = re.compile(r"[A-Za-z0-9_.]+")
 _VENDOR_FILES = ("pre_dataprocess.py", "post_dataprocess.py")
 # Files of an uploaded archive that describe the model: the caller's info replaces them.
 _ARCHIVE_RECORDS = ("configs.json", "distros.json")
@@ -153,7 +150,7 @@ class ModelCatalog:
 
     def export_path(self, implhash: str) -> Path | None:
         """The export file of an implhash, if one was made (the DownloadBin uuid)."""
-        if not isinstance(implhash, str) or not _HASH.fullmatch(implhash):
+        if not isinstance(implhash, str) or not HASH.fullmatch(implhash):
             return None
         path = self.exports_dir / f"{implhash}.tar.gz"
         return path if path.is_file() else None
@@ -297,14 +294,14 @@ def _existing_ref(implhash: str, version: str) -> None:
 
 
 def _check_implhash(implhash: str) -> None:
-    if not isinstance(implhash, str) or not _HASH.fullmatch(implhash):
+    if not isinstance(implhash, str) or not HASH.fullmatch(implhash):
         raise BundleError(f"field 'implhash' must be 32 lowercase hex digits, got {implhash!r}")
 
 
 def _check_version(version: str) -> None:
     # "." and ".." match the character class but name the parent folders.
-    if not isinstance(version, str) or not _VERSION.fullmatch(version) or not version.strip("."):
-        raise BundleError(f"field 'version' must be letters, digits, '_' or '.', "
+    if not isinstance(version, str) or not VERSION.fullmatch(version):
+        raise BundleError(f"field 'version' must be 1 to 128 letters, digits, '_' or '.', "
                           f"and not only dots; got {version!r}")
 
 

@@ -13,8 +13,9 @@ from aiserving.errors import BundleError, ModelKeyError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-_HASH = re.compile(r"[0-9a-f]{32}")
-_VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.]+")  # never "." or ".."
+HASH = re.compile(r"[0-9a-f]{32}")
+# A folder name: never "." or "..", and short enough for any file system (255 bytes).
+VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class BundleStore:
 
     def record(self, implhash: str, version: str) -> DistroRecord:
         """The validated distros.json of one stored model version."""
-        if not _HASH.fullmatch(implhash) or not _VERSION.fullmatch(version):
+        if not HASH.fullmatch(implhash) or not VERSION.fullmatch(version):
             raise ModelNotFound(f"no model {implhash}/{version}: not a valid implhash/version")
         path = self.root / implhash / version
         if not path.is_dir():
@@ -167,7 +168,7 @@ class BundleStore:
 
     def versions(self, implhash: str) -> list[str]:
         folder = self.root / implhash
-        if not _HASH.fullmatch(implhash) or not folder.is_dir():
+        if not HASH.fullmatch(implhash) or not folder.is_dir():
             return []
         return sorted((p.name for p in folder.iterdir() if p.is_dir()), key=_version_key)
 
@@ -191,9 +192,9 @@ class BundleStore:
             raise ModelNotFound("no model given")
         for sep in ("/", "-"):
             head, _, tail = ref.partition(sep)
-            if tail and _HASH.fullmatch(head):
+            if tail and HASH.fullmatch(head):
                 return self.load(head, tail)
-        if _HASH.fullmatch(ref):
+        if HASH.fullmatch(ref):
             versions = self.versions(ref)
             if not versions:
                 raise ModelNotFound(f"no model {ref} in {self.root}")
