@@ -37,7 +37,7 @@ CYTHON_DIRECTIVES = {"language_level": 3, "binding": True, "always_allow_keyword
 # Generated C trips gcc's array-bounds heuristics; those warnings are about Cython's code.
 C_FLAGS = ["-O2", "-Wno-array-bounds", "-Wno-unused-function"]
 # Files of the package that ship as they are (data, not code).
-DATA_SUFFIXES = {".proto", ".json", ".txt"}
+DATA_SUFFIXES = {".proto", ".json", ".txt", ".html", ".js", ".css"}  # + the device console page
 
 
 class BuildError(Exception):

@@ -34,13 +34,14 @@ else:  # a release-pack: the compiled package lies beside this file
     sys.path.insert(0, HERE)
 
 if __name__ == "__main__":
-    from aiserving.cli import main
+    from aiserving.cli import cli, main
 
     default = os.path.join(HERE, "settings.py")
     if os.environ.get("AISRV_SETTINGS") or not os.path.exists(default):
         default = None
     # `python run.py [serve options]` serves; `python run.py <command> ...` runs one of the
-    # `aiserving` commands (device-key, bundle encrypt, ...), also from a release-pack.
-    commands = ("serve", "demo", "check-bundle", "bundle", "device-key", "settings-table")
+    # `aiserving` commands (device-key, bundle encrypt, models, push, ...), also from a
+    # release-pack.
+    commands = tuple(cli.commands)
     args = sys.argv[1:]
     main(args if args and args[0] in commands else ["serve"] + args, default_settings=default)

@@ -8,6 +8,9 @@ setup(
     description="AIServing OnBoard: an edge inference appliance for JSM bundles",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # The device console's page (served by the REST front at /console).
+    package_data={"aiserving.api": ["console_static/*.html", "console_static/*.js",
+                                    "console_static/*.css"]},
     python_requires=">=3.9",
     entry_points={"console_scripts": ["aiserving=aiserving.cli:main"]},
 )

@@ -21,12 +21,14 @@ def test_queue_is_bounded_and_refuses_at_once(redis_url):
 def test_finished_jobs_free_their_queue_slot_and_store_results(redis_url):
     b = brk.Broker(redis_url, "n1", queue_max=2, result_ttl=100)
     b.ensure_group("m-1")
-    b.enqueue("m-1", {"uuid": "u1", "path": "/a", "reply": "1"})
+    b.enqueue("m-1", {"uuid": "u1", "path": "/a", "reply": b.reply_list})
     b.enqueue("m-1", {"uuid": "u2", "path": "/b", "reply": "0"})
     jobs = b.read("m-1", "c1", 10, 100)
     assert [f[b"uuid"] for _, f in jobs] == [b"u1", b"u2"]
-    b.finish("m-1", [(jobs[0][0], "u1", True, b'{"a":1}', brk.encode_result('{"a":1}')),
-                     (jobs[1][0], "u2", False, b'{"b":2}', brk.encode_result('{"b":2}'))])
+    b.finish("m-1", [(jobs[0][0], "u1", jobs[0][1][b"reply"], b'{"a":1}',
+                      brk.encode_result('{"a":1}')),
+                     (jobs[1][0], "u2", jobs[1][1][b"reply"], b'{"b":2}',
+                      brk.encode_result('{"b":2}'))])
     assert b.db.xlen(brk.stream_key("m-1")) == 0
     results = redis.Redis.from_url(redis_url, db=5)
     assert json.loads(results.get("u1")) == {"a": 1}
@@ -69,3 +71,35 @@ def test_inline_input_bytes_are_bounded_per_model(redis_url):
     b.finish("m-2", [(jobs[0][0], "a", False, b"{}", brk.encode_result("{}"))], inline=600)
     b.enqueue("m-2", {"uuid": "b", "image": b"x" * 500})
     assert int(b.db.get(brk.inline_key("m-2"))) == 500
+
+
+def test_a_urls_db_holds_the_nodes_keys_and_results_stay_in_db_5(redis_url):
+    url = redis_url + ("&" if "?" in redis_url else "?") + "db=3"
+    b = brk.Broker(url, "n1", result_ttl=100)
+    b.ensure_group("m-1")
+    b.enqueue("m-1", {"uuid": "u1", "path": "/a", "reply": b.reply_list})
+    jobs = b.read("m-1", "c1", 10, 100)
+    b.finish("m-1", [(jobs[0][0], "u1", jobs[0][1][b"reply"], b"{}", brk.encode_result("{}"))])
+    # The pipeline went to db 5 for the result and back to db 3, not to db 0.
+    b.enqueue("m-1", {"uuid": "u2", "path": "/b"})
+    db = {n: redis.Redis.from_url(redis_url, db=n) for n in (0, 3, 5)}
+    assert db[0].dbsize() == 0
+    assert db[3].xlen(brk.stream_key("m-1")) == 1
+    assert db[5].get("u1") == b"{}"
+    assert b.wait_reply("u1", 5) == b"R{}"
+
+
+def test_a_key_prefix_keeps_every_key_and_reply_of_a_fleet_apart(redis_url):
+    mine, other = brk.Broker(redis_url, "n1", prefix="a:"), brk.Broker(redis_url, "n1")
+    mine.ensure_group("m-1")
+    mine.enqueue("m-1", {"uuid": "u1", "path": "/a", "reply": mine.reply_list})
+    # A job naming another fleet's reply list: its worker must not write there.
+    mine.enqueue("m-1", {"uuid": "u2", "path": "/b", "reply": other.reply_list})
+    assert other.db.xlen(brk.stream_key("m-1")) == 0
+    jobs = mine.read("m-1", "c1", 10, 100)
+    mine.finish("m-1", [(mid, f[b"uuid"].decode(), f[b"reply"], b"{}", brk.encode_result("{}"))
+                        for mid, f in jobs])
+    assert mine.reply_list.startswith("a:replies:n1:")
+    assert mine.wait_reply("u1", 5) == b"R{}"
+    assert other.wait_reply("u2", 0.2) is None
+    assert all(k.startswith(b"a:") for k in mine.db.keys("*"))

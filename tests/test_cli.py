@@ -16,7 +16,8 @@ from tests.support.node import RUN_PY, NodeProcess, free_port
 
 
 def run_py(*args, env=None, timeout=60):
-    full_env = dict(os.environ, AISRV_REDIS_PORT="0", AISRV_GRPC_ADDRESS=f"127.0.0.1:{free_port()}")
+    full_env = dict(os.environ, AISRV_REDIS_PORT="0", AISRV_GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+                    AISRV_OIP_GRPC_ADDRESS=f"127.0.0.1:{free_port()}")
     full_env.update(env or {})
     full_env.pop("AISRV_SETTINGS", None)
     return subprocess.run([sys.executable, str(RUN_PY), *args], env=full_env, capture_output=True,

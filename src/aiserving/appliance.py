@@ -29,12 +29,14 @@ import redis
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aiserving  # noqa: E402
+from aiserving import broker as brk
 from aiserving import metrics
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, ConfigError
 from aiserving.node import Node
 from aiserving.procutil import die_with_parent, stop_process
 from aiserving.redis_server import EmbeddedRedis
+from aiserving.redis_target import redact
 from aiserving.tls import TlsFiles, load_tls
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Appliance:
         self.redis: EmbeddedRedis | None = None
         self.node: Node | None = None
         self.grpc = None
+        self.oip_grpc = None  # Open Inference Protocol gRPC (oip.grpc_address)
         self.front: subprocess.Popen | None = None
         self.tls: TlsFiles | None = None
         self._stop = threading.Event()
@@ -91,15 +94,22 @@ class Appliance:
                                        s["redis.password"]).start()
             url = self.redis.url
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+            brk.connect(url, socket_connect_timeout=3, socket_timeout=5).ping()
         except (redis.RedisError, OSError) as exc:
-            raise ConfigError(f"Cannot reach redis at {url} ({exc}): check redis.host and "
-                              "redis.port, or leave redis.host empty for the embedded one.") from None
+            raise ConfigError(f"Cannot reach redis at {redact(url)} ({exc}): check redis.url "
+                              "(or redis.host and redis.port, or redis.sentinels), or leave them "
+                              "empty for the embedded one.") from None
+        if self.redis is None:
+            log.info("redis: %s, key prefix %r", redact(url), s["redis.key_prefix"])
         self.node = Node(s, url)
         self.node.start()
         from aiserving.api.grpc.server import GrpcServer  # fails fast if protos are not generated
 
         self.grpc = GrpcServer(self.node, self.tls).start()
+        if s["oip.grpc_address"]:
+            from aiserving.api.grpc.oip_service import OipGrpcServer
+
+            self.oip_grpc = OipGrpcServer(self.node, self.tls).start()
         self._autoload(self.node.restore())
         self._start_front(url)
 
@@ -138,7 +148,7 @@ class Appliance:
         debug = s["log.level"] == "DEBUG"
         cmd = [sys.executable, "-m", "gunicorn",
                "--bind", f"{s['http.host']}:{s['http.port']}",
-               "--workers", str(s["http.workers"]),
+               "--workers", str(s["http.workers"] or max(1, (os.cpu_count() or 2) // 2)),
                "--worker-class", "aiserving.api.http_worker.GuardedGeventWorker",
                "--worker-connections", str(s["http.connections"]), "--keep-alive", "2",
                "--timeout", str(int(s["request.timeout_s"]) + 30),
@@ -186,12 +196,16 @@ class Appliance:
         the gRPC server likewise; then the workers drain what is still queued.
         """
         grace = self.settings.grace_s
-        if self.grpc is not None:
-            self.grpc.server.stop(grace)  # no new calls from here on; running ones go on
+        for server in (self.grpc, self.oip_grpc):
+            if server is not None:
+                server.server.stop(grace)  # no new calls from here on; running ones go on
         stop_process(self.front, grace + 10, children_too=True)
         if self.grpc is not None:
             self.grpc.stop(grace)
             self.grpc = None
+        if self.oip_grpc is not None:
+            self.oip_grpc.stop(grace)
+            self.oip_grpc = None
         if self.node is not None:
             self.node.stop(drain_s=grace)
             self.node = None
@@ -212,7 +226,7 @@ def is_loopback(host: str) -> bool:
 
 def _check_doors(s: Settings) -> None:
     """Closed by default: say at start which doors are open beyond loopback."""
-    embedded_tcp = not s["redis.host"] and s["redis.port"] != "0"
+    embedded_tcp = s.redis_url is None and s["redis.port"] != "0"
     if embedded_tcp and not is_loopback(s["redis.bind"]) and not s["redis.password"]:
         raise ConfigError(f"Setting 'redis.bind' is {s['redis.bind']!r}, beyond loopback, but "
                           "'redis.password' is empty: set a password, or keep redis on 127.0.0.1.")
@@ -220,6 +234,9 @@ def _check_doors(s: Settings) -> None:
     if not s["auth.token"]:  # an admin token alone leaves inference open
         doors += [("REST", "http.host", s["http.host"]),
                   ("gRPC", "grpc.address", s["grpc.address"].rpartition(":")[0])]
+        if s["oip.grpc_address"]:
+            doors.append(("Open Inference Protocol gRPC", "oip.grpc_address",
+                          s["oip.grpc_address"].rpartition(":")[0]))
     if embedded_tcp:
         doors.append(("redis", "redis.bind", s["redis.bind"]))
     if s["auth.admin_addresses"]:

@@ -1,11 +1,12 @@
 """Who may call the node: bearer tokens, checked the same way at both doors.
 
-With `auth.token` set, every REST call but `/healthz` needs `Authorization: Bearer
-<token>`, and every gRPC call the same as `authorization` metadata. With
-`auth.admin_token` set too, management calls (loading and unloading models,
-creating, changing, deleting, importing and exporting stored models, uploads and
-downloads) need the admin token; it also passes wherever the plain token does.
-An admin token alone guards management calls only; inference stays open.
+With `auth.token` set, every REST call but `/healthz` (and the static files of the
+console page, which hold no data) needs `Authorization: Bearer <token>`, and every
+gRPC call the same as `authorization` metadata. With `auth.admin_token` set too,
+management calls (loading and unloading models, creating, changing, deleting,
+importing and exporting stored models, uploads and downloads) need the admin
+token; it also passes wherever the plain token does. An admin token alone guards
+management calls only; inference stays open.
 Tokens are compared in constant time. Without tokens (the default, what fleets
 in the field speak) nothing is asked: the doors stay on loopback unless opened.
 

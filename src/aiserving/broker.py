@@ -1,31 +1,36 @@
 """Everything the node keeps in redis: job streams, results, replies, shared state.
 
-Jobs: one stream per model (`aisrv:jobs:<fullhash>`) read by one consumer
+Jobs: one stream per model (`<prefix>jobs:<fullhash>`) read by one consumer
 group, `workers`, so every inference process serving that model -- on this
 box or another box sharing the redis -- takes its share and no job is run
 twice. Finished jobs are acknowledged and deleted, so the stream length is
 the number of jobs waiting or in flight: that is what the queue bound checks.
+Every key name starts with the key prefix (`redis.key_prefix`, "aisrv:"), so
+fleets with different prefixes share one redis without seeing each other.
 
 Results: the post-processing output as JSON text in db 5 under the request
-uuid (legacy clients poll it), with a TTL; a waiting REST request blocks on
-its own reply list in db 5 (`aisrv:reply:<uuid>`), so nothing polls.
+uuid (legacy clients poll it), with a TTL; a waiting request's reply goes to
+the reply list of the process that waits (db 5, see `replies.py`), so nothing polls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import Iterable
 
 import redis
 
+from aiserving import redis_target, replies
 from aiserving.errors import AiservingError, BackendNotFound, NotReady, QueueFull
 
 log = logging.getLogger(__name__)
 
-RESULT_DB = 5
+RESULT_DB = 5  # the legacy contract: results under the bare uuid, whatever the URL's db
+DEFAULT_PREFIX = "aisrv:"
 GROUP = "workers"
 REPLY_TTL_S = 120
 
@@ -46,21 +51,30 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 """
 
 
-def connect(url: str, db: int = 0, **kwargs) -> redis.Redis:
-    return redis.Redis.from_url(url, db=db, **kwargs)
+def connect(url: str, db: int | None = None, **kwargs) -> redis.Redis:
+    """A client of redis `url` (any form `redis_target` knows), in `db`; None: the
+    URL's own db, where the node's keys live."""
+    return redis_target.connect(url, db, **kwargs)
 
 
-def stream_key(fullhash: str) -> str:
-    return f"aisrv:jobs:{fullhash}"
+def stream_key(fullhash: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}jobs:{fullhash}"
 
 
-def inline_key(fullhash: str) -> str:
+def inline_key(fullhash: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Bytes of inline inputs (gRPC InferenceRemote) waiting or in flight for a model."""
-    return f"aisrv:inline:{fullhash}"
+    return f"{prefix}inline:{fullhash}"
 
 
-def reply_key(uuid: str) -> str:
-    return f"aisrv:reply:{uuid}"
+def inline_size(fields: dict) -> int:
+    """Bytes a job holds inline (an image, Open Inference Protocol tensors), counted
+    against `queue.max_inline_bytes`; keys as queued (str) or as read back (bytes)."""
+    return sum(len(fields.get(k) or fields.get(k.encode()) or b"") for k in ("image", "tensors"))
+
+
+def reply_key(uuid: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The reply list of one request, as releases before per-process lists used it."""
+    return f"{prefix}reply:{uuid}"
 
 
 class Outage:
@@ -103,10 +117,14 @@ class Outage:
 
 
 class NodeKeys:
-    """Keys of one node's shared state (several nodes may share a redis)."""
+    """Key names of one node (several nodes may share a redis) and of its fleet (the
+    nodes sharing its key prefix, hence its job streams)."""
 
-    def __init__(self, node: str):
-        prefix = f"aisrv:node:{node}"
+    def __init__(self, node: str, prefix: str = DEFAULT_PREFIX):
+        self.node = node
+        self.prefix = prefix
+        self.reply_lists = f"{prefix}replies:"  # + node:pid:nonce, in db 5 (replies.py)
+        prefix = f"{prefix}node:{node}"
         self.backends = f"{prefix}:backends"  # hash: bid -> backend JSON (written by the node only)
         self.rest_bid = f"{prefix}:rest_bid"  # the backend legacy REST calls go to
         # hash: bid -> the routing part of the record (what the front needs per request),
@@ -116,9 +134,17 @@ class NodeKeys:
         self.alive = f"{prefix}:alive"  # heartbeat with a TTL
         self.commands = f"{prefix}:commands"  # list: commands from the REST front
 
-    @staticmethod
-    def command_reply(cid: str) -> str:
-        return f"aisrv:cmdreply:{cid}"
+    def command_reply(self, cid: str) -> str:
+        return f"{self.prefix}cmdreply:{cid}"
+
+    def stream(self, fullhash: str) -> str:
+        return stream_key(fullhash, self.prefix)
+
+    def inline(self, fullhash: str) -> str:
+        return inline_key(fullhash, self.prefix)
+
+    def reply(self, uuid: str) -> str:
+        return reply_key(uuid, self.prefix)
 
 
 class StaleRoute(Exception):
@@ -134,18 +160,21 @@ def route_of(record: dict) -> dict:
     model = record.get("model") or {}
     return {"bid": record["bid"], "serving": record.get("serving"),
             "switch": {"status": record["switch"]["status"]},
-            "model": {"modelext": model.get("modelext") or ""}}
+            "model": {"modelext": model.get("modelext") or "", "name": model.get("name") or "",
+                      "version": model.get("version") or ""},
+            "oip": record.get("oip")}
 
 
 class Broker:
     """Redis access of the front and the workers (the node adds its own writes)."""
 
     def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600,
-                 inline_max: int = 256 * 1024 ** 2):
+                 inline_max: int = 256 * 1024 ** 2, prefix: str = DEFAULT_PREFIX):
         # No socket timeout: blocking reads wait as long as asked.
-        self.db = connect(url, 0)
+        self.db = connect(url)
+        self.home_db = redis_target.home_db(url)
         self.results = connect(url, RESULT_DB)
-        self.keys = NodeKeys(node)
+        self.keys = NodeKeys(node, prefix)
         self.queue_max = queue_max
         self.inline_max = inline_max
         self.result_ttl = result_ttl
@@ -153,6 +182,10 @@ class Broker:
         self._routes: dict[str, dict] | None = None  # bid -> route, as of `_version`
         self._rest_bid = ""
         self._version = ""
+        self._url = url
+        self._box: replies.ReplyBox | None = None
+        self._box_lock = threading.Lock()
+        self._expired: dict[bytes, float] = {}  # reply list -> when its TTL was last renewed
 
     # --- front side -------------------------------------------------------------
 
@@ -189,6 +222,13 @@ class Broker:
                            "/api/v1alpha/switch first")
         raise BackendNotFound(f"no backend {target}")
 
+    def route_table(self, fresh: bool = False) -> tuple[list[dict], str]:
+        """Every route and their version, from the cache `route` keeps (re-read when
+        `fresh`); enqueue with the version refuses a stale one as `route` does."""
+        if fresh or self._routes is None:
+            self._refresh_routes()
+        return list(self._routes.values()), self._version
+
     def _refresh_routes(self) -> None:
         pipe = self.db.pipeline(transaction=True)  # one consistent view
         pipe.get(self.keys.version)
@@ -208,7 +248,7 @@ class Broker:
         models = sorted({b["serving"] for b in self.backends() if b.get("serving")})
         pipe = self.db.pipeline(transaction=False)
         for model in models:
-            pipe.xlen(stream_key(model))
+            pipe.xlen(self.keys.stream(model))
         return dict(zip(models, pipe.execute()))
 
     def node_alive(self) -> bool:
@@ -222,11 +262,11 @@ class Broker:
         `version`: that of the route the caller took (`route`); StaleRoute if the
         routes changed since, and nothing is queued.
         """
-        size = len(fields.get("image") or b"")
+        size = inline_size(fields)
         args: list = [self.queue_max, size, self.inline_max, version or ""]
         for k, v in fields.items():
             args += [k, v]
-        msg_id = self._enqueue(keys=[stream_key(fullhash), inline_key(fullhash),
+        msg_id = self._enqueue(keys=[self.keys.stream(fullhash), self.keys.inline(fullhash),
                                      self.keys.version], args=args)
         if msg_id == b"stale":
             raise StaleRoute()
@@ -238,15 +278,32 @@ class Broker:
                             f"({self.inline_max}, queue.max_inline_bytes); retry later")
         return msg_id
 
+    @property
+    def reply_list(self) -> str:
+        """The list a job queued by this process names for its reply (`replies.py`)."""
+        return self._reply_box().key
+
     def wait_reply(self, uuid: str, timeout: float) -> bytes | None:
-        """Block until the job's reply arrives; None on timeout. See `encode_reply`."""
-        got = self.results.blpop([reply_key(uuid)], timeout=max(timeout, 0.01))
-        return got[1] if got else None
+        """Block until the reply of a job queued with `reply_list` arrives; None on
+        timeout. See `encode_result`."""
+        return self._reply_box().wait(uuid, timeout)
+
+    def _reply_box(self) -> replies.ReplyBox:
+        box = self._box
+        if box is None or box.pid != os.getpid():  # made lazily, after any fork
+            # Starting the pump yields (a greenlet under gevent): without the lock a second
+            # request could make a second box, and wait on a list its reply never reaches.
+            with self._box_lock:
+                box = self._box
+                if box is None or box.pid != os.getpid():
+                    box = self._box = replies.ReplyBox(connect(self._url, RESULT_DB),
+                                                       self.keys.node, self.keys.reply_lists)
+        return box
 
     def command(self, op: str, args: dict, cid: str, timeout: float = 15.0) -> dict:
         """Send a command to this node's daemon and wait for its answer."""
         self.db.rpush(self.keys.commands, json.dumps({"id": cid, "op": op, "args": args}))
-        got = self.db.blpop([NodeKeys.command_reply(cid)], timeout=timeout)
+        got = self.db.blpop([self.keys.command_reply(cid)], timeout=timeout)
         if got is None:
             raise NotReady("the node daemon did not answer; is it running?")
         answer = json.loads(got[1])
@@ -258,7 +315,7 @@ class Broker:
 
     def ensure_group(self, fullhash: str) -> None:
         try:
-            self.db.xgroup_create(stream_key(fullhash), GROUP, id="0", mkstream=True)
+            self.db.xgroup_create(self.keys.stream(fullhash), GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -266,7 +323,7 @@ class Broker:
     def read(self, fullhash: str, consumer: str, count: int, block_ms: int | None,
              pending: bool = False) -> list[tuple[bytes, dict]]:
         """New jobs (or, with `pending`, this consumer's own unacknowledged ones)."""
-        got = self.db.xreadgroup(GROUP, consumer, {stream_key(fullhash): "0" if pending else ">"},
+        got = self.db.xreadgroup(GROUP, consumer, {self.keys.stream(fullhash): "0" if pending else ">"},
                                  count=count, block=None if pending else block_ms)
         if not got:
             return []
@@ -275,40 +332,55 @@ class Broker:
 
     def claim_stale(self, fullhash: str, consumer: str, idle_ms: int, count: int):
         """Take over jobs another (dead) consumer left unacknowledged for `idle_ms`."""
-        got = self.db.xautoclaim(stream_key(fullhash), GROUP, consumer, idle_ms, "0-0", count=count)
+        got = self.db.xautoclaim(self.keys.stream(fullhash), GROUP, consumer, idle_ms, "0-0",
+                                 count=count)
         return [(mid, f) for mid, f in got[1] if f]
 
     def deliveries(self, fullhash: str, msg_id: bytes) -> int:
-        rows = self.db.xpending_range(stream_key(fullhash), GROUP, min=msg_id, max=msg_id, count=1)
+        rows = self.db.xpending_range(self.keys.stream(fullhash), GROUP, min=msg_id, max=msg_id,
+                                      count=1)
         return rows[0]["times_delivered"] if rows else 0
 
     def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]],
                inline: int = 0) -> None:
         """Store results and wake waiters, then acknowledge and delete the jobs.
 
-        `done` rows: (message id, uuid, someone waits, legacy db-5 text, reply);
-        `inline`: the bytes of inline inputs they held, released from the budget.
-        Results are written before the acknowledgement: a crash in between makes
-        the job run again, never vanish.
+        `done` rows: (message id, uuid, the job's `reply` field, legacy db-5 text,
+        reply); `inline`: the bytes of inline inputs they held, released from the
+        budget. Results are written before the acknowledgement: a crash in between
+        makes the job run again, never vanish.
         """
         ids = []
-        # One round trip for the whole batch: results in db 5, then, back in db 0, the
-        # acknowledgement. The connection ends the pipeline in db 0, where it belongs.
+        lists: dict[bytes, list[bytes]] = {}
+        # One round trip for the whole batch: results in db 5, then, back in the node's
+        # db, the acknowledgement. The connection ends the pipeline where it belongs.
         pipe = self.db.pipeline(transaction=False)
         pipe.execute_command("SELECT", RESULT_DB)
-        for msg_id, uuid, wait, stored, reply in done:
+        for msg_id, uuid, reply_to, stored, reply in done:
             ids.append(msg_id)
             if uuid:
                 pipe.set(uuid, stored, ex=self.result_ttl)
-            if wait:
-                pipe.rpush(reply_key(uuid), reply)
-                pipe.expire(reply_key(uuid), REPLY_TTL_S)
-        pipe.execute_command("SELECT", 0)
+            if reply_to == b"1":  # queued by a node of an older release: a list per request
+                pipe.rpush(self.keys.reply(uuid), reply)
+                pipe.expire(self.keys.reply(uuid), REPLY_TTL_S)
+            elif reply_to and replies.is_reply_list(reply_to, self.keys.reply_lists):
+                lists.setdefault(reply_to, []).append(replies.frame(uuid, reply))
+        now = time.monotonic()
+        for key, framed in lists.items():  # one push per waiting process, not per request
+            pipe.rpush(key, *framed)
+            # The TTL only clears the list of a process that died; renewing it now and
+            # then is enough while the list is in use.
+            if now - self._expired.get(key, -1e9) > replies.LIST_TTL_S / 4:
+                self._expired[key] = now
+                pipe.expire(key, replies.LIST_TTL_S)
+        if len(self._expired) > 4096:
+            self._expired.clear()
+        pipe.execute_command("SELECT", self.home_db)
         if ids:
-            pipe.xack(stream_key(fullhash), GROUP, *ids)
-            pipe.xdel(stream_key(fullhash), *ids)
+            pipe.xack(self.keys.stream(fullhash), GROUP, *ids)
+            pipe.xdel(self.keys.stream(fullhash), *ids)
             if inline:
-                pipe.decrby(inline_key(fullhash), inline)
+                pipe.decrby(self.keys.inline(fullhash), inline)
         pipe.execute()
 
     def fail_pending(self, fullhash: str, consumer: str, ids: list[str],
@@ -318,7 +390,7 @@ class Broker:
         Only jobs still pending for that consumer: one it finished in the meantime
         keeps its result. Returns the uuids answered.
         """
-        stream = stream_key(fullhash)
+        stream = self.keys.stream(fullhash)
         rows, inline = [], 0
         for msg_id in ids:
             held = self.db.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1,
@@ -328,15 +400,15 @@ class Broker:
                 continue
             fields = entry[0][1]
             uuid = fields.get(b"uuid", b"").decode()
-            rows.append((msg_id.encode(), uuid, fields.get(b"reply") == b"1",
+            rows.append((msg_id.encode(), uuid, fields.get(b"reply"),
                          failure_text(error), encode_error(error)))
-            inline += len(fields.get(b"image") or b"")
+            inline += inline_size(fields)
         if rows:
             self.finish(fullhash, rows, inline)
         return [r[1] for r in rows]
 
     def forget_consumer(self, fullhash: str, consumer: str) -> None:
-        self.db.xgroup_delconsumer(stream_key(fullhash), GROUP, consumer)
+        self.db.xgroup_delconsumer(self.keys.stream(fullhash), GROUP, consumer)
 
 
 # A reply is one byte of kind, then JSON: b"R" + the result's JSON text, or

@@ -1,13 +1,19 @@
-"""The `aiserving` command (and `run.py`): serve, demo, bundle and settings tools."""
+"""The `aiserving` command (and `run.py`): serve, demo, bundle and settings tools, and
+the commands that talk to a running node (`models`, `load`, `push`... in cli_node.py).
+
+One parser library (click) for all of them; `main()` is the console script.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import socket
 import sys
 import time
+from types import SimpleNamespace
+
+import click
 
 import aiserving
 from aiserving import __version__
@@ -17,58 +23,108 @@ from aiserving.logs import setup_logging
 
 log = logging.getLogger("aiserving")
 
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+_SETTINGS_HELP = "settings.py to read (default: AISRV_SETTINGS, else built-in defaults)"
+
 
 def main(argv: list[str] | None = None, default_settings: str | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="aiserving", description="AIServing OnBoard node")
-    parser.add_argument("--version", action="version", version=f"AIServing OnBoard {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    cli.main(args=argv, prog_name="aiserving", obj={"default_settings": default_settings})
 
-    serve = sub.add_parser("serve", help="run a node (what run.py does)")
-    serve.add_argument("--settings", default=default_settings,
-                       help="settings.py to read (default: AISRV_SETTINGS, else built-in defaults)")
-    serve.add_argument("--port", type=int, help="REST port (setting http.port)")
-    serve.add_argument("--debug", action="store_true", help="verbose logs")
-    serve.add_argument("--profile", action="store_true",
-                       help="log per-stage timings (queue wait, pre, infer, post) of every batch")
-    serve.add_argument("--demo", action="store_true",
-                       help="make the demo bundle if needed and load it on start")
 
-    demo = sub.add_parser("demo", help="make the demo bundle and sample images in storage")
-    demo.add_argument("--settings", default=default_settings)
+@click.group(context_settings=_CONTEXT, help="AIServing OnBoard node")
+@click.version_option(__version__, "--version", message="AIServing OnBoard %(version)s")
+def cli() -> None:
+    pass
 
-    check = sub.add_parser("check-bundle", help="validate a JSM bundle folder")
-    check.add_argument("path")
-    check.add_argument("--settings", default=default_settings,
-                       help="settings.py naming the device key for a sealed bundle")
 
-    sub.add_parser("settings-table", help="print the settings table (markdown)")
+def _run(command, **options) -> None:
+    """Run one of the commands below with argparse-style `args`; exit with its status."""
+    ctx = click.get_current_context()
+    if "settings" in options and options["settings"] is None:
+        options["settings"] = (ctx.obj or {}).get("default_settings")
+    ctx.exit(command(SimpleNamespace(**options)))
 
-    bundle = sub.add_parser("bundle", help="bundle tools (check, encrypt)")
-    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
-    bcheck = bundle_sub.add_parser("check", help="validate a JSM bundle folder")
-    bcheck.add_argument("path")
-    bcheck.add_argument("--settings", default=default_settings,
-                        help="settings.py naming the device key for a sealed bundle")
-    encrypt = bundle_sub.add_parser(
-        "encrypt", help="seal a bundle's code and model files for one device key "
-        "(AES-256-GCM, key wrapped with RSA-OAEP)")
-    encrypt.add_argument("path", help="the bundle folder")
-    encrypt.add_argument("--device-key", required=True,
-                         help="the device's public key (PEM; `aiserving device-key` made it)")
-    encrypt.add_argument("--out", help="folder to write the sealed bundle to "
-                         "(default: <bundle>.sealed beside it)")
-    encrypt.add_argument("--also", action="append", default=[], metavar="FILE",
-                         help="seal this file of the bundle too (repeatable)")
 
-    devkey = sub.add_parser("device-key", help="make this device's key pair for sealed "
-                            "bundles (or show its fingerprint)")
-    devkey.add_argument("--settings", default=default_settings)
-    devkey.add_argument("--out", help="private key path (default: setting crypto.device_key)")
-    devkey.add_argument("--force", action="store_true",
-                        help="replace an existing key (bundles sealed for it stop loading)")
+def _settings_option(help_text: str | None = _SETTINGS_HELP):
+    return click.option("--settings", default=None, help=help_text)
 
-    args = parser.parse_args(argv)
-    sys.exit(_COMMANDS[args.command](args))
+
+@cli.command(help="run a node (what run.py does)", context_settings=_CONTEXT)
+@_settings_option()
+@click.option("--port", type=int, help="REST port (setting http.port)")
+@click.option("--debug", is_flag=True, help="verbose logs")
+@click.option("--profile", is_flag=True,
+              help="log per-stage timings (queue wait, pre, infer, post) of every batch")
+@click.option("--demo", is_flag=True, help="make the demo bundle if needed and load it on start")
+def serve(**options) -> None:
+    _run(cmd_serve, **options)
+
+
+@cli.command(help="make the demo bundle and sample images in storage", context_settings=_CONTEXT)
+@_settings_option(None)
+def demo(**options) -> None:
+    _run(cmd_demo, **options)
+
+
+@cli.command("check-bundle", help="validate a JSM bundle folder", context_settings=_CONTEXT)
+@click.argument("path")
+@_settings_option("settings.py naming the device key for a sealed bundle")
+def check_bundle(**options) -> None:
+    _run(cmd_check_bundle, **options)
+
+
+@cli.command("settings-table", help="print the settings table (markdown)",
+             context_settings=_CONTEXT)
+def settings_table_command() -> None:
+    _run(cmd_settings_table)
+
+
+@cli.group(help="bundle tools (check, pack, encrypt)", context_settings=_CONTEXT)
+def bundle() -> None:
+    pass
+
+
+@bundle.command("check", help="validate a JSM bundle folder", context_settings=_CONTEXT)
+@click.argument("path")
+@_settings_option("settings.py naming the device key for a sealed bundle")
+def bundle_check(**options) -> None:
+    _run(cmd_check_bundle, **options)
+
+
+@bundle.command("encrypt", context_settings=_CONTEXT,
+                help="seal a bundle's code and model files for one device key "
+                "(AES-256-GCM, key wrapped with RSA-OAEP)")
+@click.argument("path")
+@click.option("--device-key", required=True,
+              help="the device's public key (PEM; `aiserving device-key` made it)")
+@click.option("--out", help="folder to write the sealed bundle to "
+              "(default: <bundle>.sealed beside it)")
+@click.option("--also", multiple=True, metavar="FILE",
+              help="seal this file of the bundle too (repeatable)")
+def bundle_encrypt(**options) -> None:
+    _run(cmd_bundle, bundle_command="encrypt", **{**options, "also": list(options["also"])})
+
+
+@bundle.command("pack", context_settings=_CONTEXT,
+                help="pack a bundle folder as the archive a node imports "
+                "(`aiserving push` and gRPC UploadBin + ImportModelDistro take it)")
+@click.argument("path")
+@click.option("-o", "--out", help="archive to write (default: <implhash>-<version>.tar.gz "
+              "in the current folder)")
+@click.option("--force", is_flag=True, help="replace an existing archive")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def bundle_pack(**options) -> None:
+    _run(cmd_bundle_pack, **options)
+
+
+@cli.command("device-key", context_settings=_CONTEXT,
+             help="make this device's key pair for sealed bundles (or show its fingerprint)")
+@_settings_option(None)
+@click.option("--out", help="private key path (default: setting crypto.device_key)")
+@click.option("--force", is_flag=True,
+              help="replace an existing key (bundles sealed for it stop loading)")
+def device_key(**options) -> None:
+    _run(cmd_device_key, **options)
 
 
 def _load_settings(args, overrides=None) -> Settings:
@@ -202,6 +258,34 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def cmd_bundle_pack(args) -> int:
+    """The archive a node's import takes (what its export writes)."""
+    from pathlib import Path
+
+    from aiserving.bundle.archive import pack_export
+    from aiserving.bundle.source import read_bundle
+    from aiserving.client import sha256_of
+
+    try:
+        record = read_bundle(Path(args.path))
+        out = Path(args.out) if args.out else Path(f"{record.fullhash}.tar.gz")
+        if out.exists() and not args.force:
+            return _error(f"{out} exists; --force replaces it")
+        pack_export(Path(args.path), record, out)
+    except AiservingError as exc:
+        return _error(exc.message)
+    except OSError as exc:
+        return _error(f"cannot write {args.out or 'the archive'}: {exc.strerror or exc}")
+    size, checksum = out.stat().st_size, sha256_of(out)
+    if args.as_json:
+        print(json.dumps({"fullhash": record.fullhash, "name": record.name, "path": str(out),
+                          "bytes": size, "sha256": checksum}, indent=2))
+    else:
+        print(f"packed {record.name} ({record.fullhash}) into {out} "
+              f"({size} bytes, sha256 {checksum})")
+    return 0
+
+
 def cmd_device_key(args) -> int:
     from pathlib import Path
 
@@ -229,11 +313,21 @@ def cmd_device_key(args) -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def _fail(message: str) -> int:
     print(f"aiserving: {message}", file=sys.stderr)
     return 1
 
 
-_COMMANDS = {"serve": cmd_serve, "demo": cmd_demo, "check-bundle": cmd_check_bundle,
-             "settings-table": cmd_settings_table, "bundle": cmd_bundle,
-             "device-key": cmd_device_key}
+def _register_node_commands() -> None:
+    from aiserving import cli_node
+
+    for command in cli_node.COMMANDS:
+        cli.add_command(command)
+
+
+_register_node_commands()

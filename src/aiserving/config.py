@@ -61,6 +61,26 @@ def _networks(v):
     return None
 
 
+def _redis_url(v):
+    if not v:
+        return None
+    from aiserving.redis_target import parse
+
+    try:
+        parse(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _host_ports(v):
+    for item in v:
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"must list host:port addresses (e.g. 10.0.0.5:26379,10.0.0.6:26379), not {item!r}"
+    return None
+
+
 def _log_level(v):
     return _one_of("DEBUG", "INFO", "WARNING", "ERROR")(v.upper())
 
@@ -88,7 +108,36 @@ SETTINGS: tuple[Setting, ...] = (
             "loopback it needs `redis.password`; the node refuses to start otherwise."),
     Setting("redis.password", "", "str",
             "Password of the embedded redis (`requirepass`; every client, the node's own "
-            "included, then authenticates), or of the configured one."),
+            "included, then authenticates), or of the configured one (unless `redis.url` "
+            "carries one)."),
+    Setting("redis.url", "", "str",
+            "The redis to use, as a URL; set, it wins over `redis.host`/`redis.port` and "
+            "`redis.sentinels`. `redis://[user:password@]host:port[/db]`, `rediss://...` for "
+            "TLS (CA: `redis.tls_ca` or `?ssl_ca_certs=`; client certificate: "
+            "`?ssl_certfile=&ssl_keyfile=`), or Redis Sentinel: "
+            "`redis+sentinel://[user:password@]host:port,host:port/service[/db]` "
+            "(`rediss+sentinel://` for TLS; `?sentinel_password=` if the sentinels ask one). "
+            "The db number holds the node's own keys; results for legacy clients stay in "
+            "db 5. Empty: `redis.host`, else the embedded redis.", _redis_url),
+    Setting("redis.sentinels", [], "list",
+            "Redis Sentinel addresses (`host:port,host:port`): the node uses the primary "
+            "they name for `redis.sentinel_service` and follows its failovers. Ignored when "
+            "`redis.url` is set; for TLS or sentinel passwords use its `redis+sentinel://` "
+            "form.", _host_ports),
+    Setting("redis.sentinel_service", "mymaster", "str",
+            "The service (master) name the sentinels of `redis.sentinels` monitor.",
+            lambda v: None if v.strip() else "must not be empty"),
+    Setting("redis.tls_ca", "", "str",
+            "PEM CA certificate(s) a `rediss://` redis's certificate is checked against "
+            "(a relative path is taken from the settings file's folder). Empty: the system's "
+            "CAs."),
+    Setting("redis.key_prefix", "aisrv:", "str",
+            "Start of every key the node writes in redis (jobs, replies, state, fleet "
+            "registry): nodes with the same prefix form one fleet and share job queues; "
+            "another prefix is another fleet, invisible to this one. Results for legacy "
+            "clients stay under the bare uuid in db 5.",
+            lambda v: None if re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", v)
+            else "must be 1 to 64 letters, digits or _ . : - { }"),
     Setting("be.tfsrv.host", "127.0.0.1", "str", "TensorFlow Serving host (tensorflow-serving backend)."),
     Setting("be.tfsrv.adapter", "restful", "str",
             "How to reach TensorFlow Serving: `restful` (REST predict API on "
@@ -134,7 +183,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.host", "127.0.0.1", "str", "Address the REST front binds to."),
     Setting("http.port", 8080, "int", "REST port (`--port` overrides).",
             lambda v: None if 0 < v < 65536 else "must be a TCP port between 1 and 65535"),
-    Setting("http.workers", 2, "int", "gunicorn worker processes of the REST front.", _positive),
+    Setting("http.workers", 0, "int",
+            "gunicorn worker processes of the REST front; 0 = one per two cores (at least 1). "
+            "One gevent process holds thousands of waiting requests; a second one pays off "
+            "only where the front's CPU time, not the model's, is the limit, and each costs "
+            "about 40 MB.", _non_negative),
     Setting("http.connections", 1000, "int",
             "Most client connections one REST worker process serves at once (gevent "
             "greenlets: waiting `/detect` calls and idle keep-alive connections included); "
@@ -154,6 +207,13 @@ SETTINGS: tuple[Setting, ...] = (
             "device's file keeps listening where it did).",
             lambda v: None if v.rpartition(":")[2].isdigit() else "must be host:port"),
     Setting("grpc.threads", 16, "int", "Threads serving gRPC calls.", _positive),
+    Setting("oip.grpc_address", "127.0.0.1:8001", "str",
+            "Listen address (`host:port`) of the Open Inference Protocol (KServe v2) gRPC "
+            "service, `inference.GRPCInferenceService`, in the node daemon (`grpc.threads` "
+            "threads of its own; the tokens and TLS of the legacy gRPC API). Loopback unless set. "
+            "Empty: off. (The REST form is always served under `/v2` on the REST front.)",
+            lambda v: None if not v or v.rpartition(":")[2].isdigit()
+            else "must be host:port, or empty (off)"),
     Setting("auth.token", "", "str",
             "Bearer token every REST call but `/healthz` and every gRPC call must carry "
             "(`Authorization: Bearer <token>`; gRPC metadata `authorization`). Empty: none "
@@ -235,6 +295,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("node.name", "", "str",
             "Name of this node in a shared redis. Empty: the host name. Two nodes sharing "
             "one redis need different names."),
+    Setting("fleet.node_ttl_s", 10.0, "float",
+            "The node announces itself in the fleet registry of its redis (`GET "
+            "/api/v1alpha/nodes`, gRPC `aiserving.fleet.v1.Fleet`) every third of this; a "
+            "node not heard from for this long drops out of it.",
+            lambda v: None if v >= 1 else "must be at least 1"),
+    Setting("fleet.advertise_host", "", "str",
+            "Host name or address the fleet registry shows for this node's doors. Empty: "
+            "each door's bind address, the host name where it binds every interface."),
     Setting("batch.size", 8, "int",
             "Default backend batch size (most jobs one framework call takes).",
             lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
@@ -353,14 +421,20 @@ class Settings:
 
     @property
     def redis_url(self) -> str | None:
-        """The configured external redis, or None for the embedded one."""
-        if self._values.get("redis.url"):
-            return self._values["redis.url"]
-        if self._values["redis.host"]:
-            auth = f":{quote(self._values['redis.password'], safe='')}@" \
-                if self._values["redis.password"] else ""
-            return f"redis://{auth}{self._values['redis.host']}:{self._values['redis.port']}"
-        return None
+        """The configured external redis as one URL (`redis_target`), or None for the
+        embedded one."""
+        from aiserving.redis_target import sentinel_url, with_defaults
+
+        v = self._values
+        url = v.get("redis.url") or ""
+        if not url and v.get("redis.sentinels"):
+            url = sentinel_url(v["redis.sentinels"], v.get("redis.sentinel_service") or "mymaster")
+        elif not url and v["redis.host"]:
+            auth = f":{quote(v['redis.password'], safe='')}@" if v["redis.password"] else ""
+            url = f"redis://{auth}{v['redis.host']}:{v['redis.port']}"
+        if not url:
+            return None
+        return with_defaults(url, v["redis.password"], v.get("redis.tls_ca") or "")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: dict | None = None,
@@ -402,11 +476,15 @@ class Settings:
                 raise ConfigError(f"Setting {where} is {value!r}, which is not a valid {setting.kind}.") from None
             complaint = setting.check(value) if setting.check else None
             if complaint:
+                if setting.key == "redis.url":  # a password must not reach the log
+                    from aiserving.redis_target import redact
+
+                    value = redact(value)
                 raise ConfigError(f"Setting {where} is {value!r}: it {complaint}.")
             values[setting.key] = value
         values["log.level"] = values["log.level"].upper()
         values["storage"] = str((base / values["storage"]).resolve())
-        for key in ("preheat", "tls.cert", "tls.key", "tls.client_ca"):
+        for key in ("preheat", "tls.cert", "tls.key", "tls.client_ca", "redis.tls_ca"):
             if values[key]:
                 values[key] = str((base / values[key]).resolve())
         values["crypto.device_key"] = str((base / values["crypto.device_key"]).resolve()) \
@@ -415,8 +493,6 @@ class Settings:
         values["input.roots"] = [str((base / r).resolve()) for r in values["input.roots"]] or [
             str(Path(values["storage"]) / "input"), str(Path(values["storage"]) / "demo"),
             str(Path(tempfile.gettempdir()).resolve())]
-        # Resolved by the node for its children (embedded redis socket); not a user setting.
-        values["redis.url"] = environ.get("AISRV_REDIS_URL", "")
         return cls(values, path)
 
 

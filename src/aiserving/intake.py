@@ -117,23 +117,44 @@ def decode_inline(text: str, kind: str, backend: dict, max_bytes: int) -> bytes:
     return data
 
 
+def check_image_bytes(data: bytes, backend: dict, max_bytes: int) -> str:
+    """Checks of an inline image (Open Inference Protocol image form); returns its
+    format for the temporary file's suffix ("" when Pillow does not know it)."""
+    if len(data) > max_bytes:
+        raise InputError(f"the input is larger than {max_bytes} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return (image.format or "").lower()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"the image is refused: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        if wants_image(backend):
+            raise InputError("the input is not an image") from None
+        return ""  # the bundle's business: it may read formats Pillow does not
+
+
 def submit(broker: Broker, backend: dict, uuid: str, *, path: str = "", image: bytes = b"",
            kind: str = "", reply: bool = False, deadline: float | None = None,
-           version: str | None = None) -> None:
+           version: str | None = None, tensors: tuple[bytes, bytes] | None = None) -> None:
     """Queue one job on the stream of the model the backend serves.
 
     `deadline` (wall-clock time) is when its caller stops waiting: a worker that
     reaches the job later drops it unrun, answering a time-out. `version`: that of
-    a cached route (`Broker.route`); StaleRoute if it changed.
+    a cached route (`Broker.route`); StaleRoute if it changed. `tensors`: an Open
+    Inference Protocol raw tensor job, `oip.pack`'s (header, data).
     """
     serving = backend.get("serving")
     if not serving:
         raise NotReady(f"backend {backend['bid']} has no model running "
                        f"(status: {backend['switch']['status']})")
-    fields: dict = {"uuid": uuid, "reply": "1" if reply else "0", "t": repr(time.time())}
+    # A waiting caller's reply goes to its process's reply list (`Broker.wait_reply`).
+    fields: dict = {"uuid": uuid, "reply": broker.reply_list if reply else "0",
+                    "t": repr(time.time())}
     if deadline is not None:
         fields["deadline"] = repr(deadline)
-    if image:
+    if tensors is not None:
+        fields["oip"], fields["tensors"] = tensors
+    elif image:
         fields["image"] = image
         fields["type"] = kind if kind.isalnum() else ""
     else:

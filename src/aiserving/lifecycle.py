@@ -120,7 +120,17 @@ class BackendEntry:
             "serving": self.serving.bundle.fullhash if self.serving else None,
             "switch": {"model": record["name"] if record else "", "status": word, "error": error},
             "sizing": self.sizing(),
+            "oip": self.oip(),
         }
+
+    def oip(self) -> dict | None:
+        """What the Open Inference Protocol doors tell of the model taking traffic."""
+        gen = self.serving
+        if gen is None:
+            return None
+        record = gen.bundle.record
+        return {"name": record.name, "version": record.version, "impl": record.impl,
+                "tensors": next((p.tensors for p in gen.procs if p.tensors), None)}
 
     def sizing(self) -> dict:
         """Processes, threads and the batch cap the preheat measured (None: not yet)."""

@@ -14,11 +14,9 @@ stuck process held, and keeps what it runs in the saved state for a restart.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import shutil
 import threading
 import time
@@ -34,9 +32,10 @@ from aiserving.errors import (AiservingError, BackendLimit, BackendNotFound, Bac
                               BadRequest, InferenceError, ModelKeyError, ModelLoadFailed,
                               TooManyBackends,
                               UnsupportedBackend)
-from aiserving.crypto import key_for
 from aiserving.intake import limit_pixels
 from aiserving.publication import Publication
+from aiserving.commands import CommandDesk
+from aiserving.registry import Announcer
 from aiserving.saved_state import SavedState
 from aiserving.lifecycle import (LEGACY_MAX_PROCESSES, BackendEntry, Generation, auto_processes,
                                  auto_threads)
@@ -59,12 +58,13 @@ class Node:
         self.redis_url = redis_url
         self.name = settings["node.name"]
         self.store = BundleStore(settings.storage)
-        self.keys = brk.NodeKeys(self.name)
         self.db = brk.connect(redis_url)
         # Queueing for the gRPC Inference service, the same path the REST front takes.
         self.broker = brk.Broker(redis_url, self.name, queue_max=settings["queue.max_len"],
                                  inline_max=settings["queue.max_inline_bytes"],
-                                 result_ttl=settings["result.ttl_s"])
+                                 result_ttl=settings["result.ttl_s"],
+                                 prefix=settings["redis.key_prefix"])
+        self.keys = self.broker.keys
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()
         self.backends: dict[str, BackendEntry] = {}
@@ -76,9 +76,10 @@ class Node:
         # node is stopping: what ran before the stop is what the next start restores.
         self._saving = False
         self._next_gen = 0
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self.outage = brk.Outage("node")
         self.publication = Publication(self.db, self.keys, self.outage)
+        self.fleet = Announcer(self)  # this node's entry in the fleet registry
         self._threads: list[threading.Thread] = []
         self.preheat = settings["preheat"] or str(_default_preheat(settings.storage / "run"))
         limit_pixels(settings["request.max_pixels"])  # the gRPC Inference service checks here
@@ -96,7 +97,8 @@ class Node:
         self.db.delete(self.keys.backends, self.keys.routes, self.keys.rest_bid,
                        self.keys.commands)
         self.db.set(self.keys.alive, "1", ex=5)
-        for target, name in ((self._supervise, "supervisor"), (self._serve_commands, "commands")):
+        for target, name in ((self._supervise, "supervisor"), (CommandDesk(self).run, "commands"),
+                             (self.fleet.run, "fleet")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -117,7 +119,7 @@ class Node:
             for gen in self._all_generations():
                 for p in gen.procs:
                     p.kill()
-        self._stopping.set()
+        self.stopping.set()
         for thread in self._threads:
             thread.join(5)
         for gen in self._all_generations():
@@ -127,6 +129,7 @@ class Node:
             self.db.delete(self.keys.backends, self.keys.routes, self.keys.rest_bid,
                            self.keys.alive)
             self.db.incr(self.keys.version)
+            self.fleet.withdraw()
         except Exception:
             pass
 
@@ -335,7 +338,7 @@ class Node:
             return all(g.finished for g in self._all_generations())
 
     def _supervise(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             with self.lock:
                 procs = [p for g in self._all_generations() for p in g.procs]
             waitables = [w for p in procs for w in p.waitables()]
@@ -343,7 +346,7 @@ class Node:
                 multiprocessing.connection.wait(waitables, timeout=0.2)
             else:
                 time.sleep(0.2)
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 break
             now = time.monotonic()
             wall = time.time()
@@ -435,55 +438,17 @@ class Node:
                              "encrypted": bool(gen and gen.bundle.encrypted)})
         self.saved.save(backends, self.rest_bid)
 
+    def republish(self) -> None:
+        """Publish every backend's state again: redis may have come back empty."""
+        with self.lock:
+            self.publication.forget()
+            self._publish()
+
     def _publish(self) -> None:
         """Save and publish the backends' state (called with the lock held)."""
         self._save_state()
         self.publication.publish({bid: e.public() for bid, e in self.backends.items()},
                                  self.rest_bid)
-
-    def _serve_commands(self) -> None:
-        """Commands from the REST front, plus the node's heartbeat."""
-        db = brk.connect(self.redis_url)
-        while not self._stopping.is_set():
-            try:
-                db.set(self.keys.alive, "1", ex=5)
-                if self.outage.ok():
-                    with self.lock:  # redis may have restarted empty: publish it all again
-                        self.publication.forget()
-                        self._publish()
-                got = db.blpop([self.keys.commands], timeout=1)
-            except redis.RedisError as exc:
-                self.outage.failed(exc)
-                self._stopping.wait(self.outage.backoff())
-                continue
-            if got is None:
-                continue
-            try:
-                command = json.loads(got[1])
-                cid = str(command["id"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring a malformed command")
-                continue
-            try:
-                answer = self._run_command(command.get("op"), command.get("args") or {})
-            except AiservingError as exc:
-                answer = {"error": exc.to_wire()}
-            except Exception as exc:
-                log.exception("command %s failed", command.get("op"))
-                answer = {"error": AiservingError(f"internal error: {type(exc).__name__}").to_wire()}
-            key = brk.NodeKeys.command_reply(cid)
-            try:
-                db.pipeline().rpush(key, json.dumps(answer)).expire(key, 60).execute()
-            except redis.RedisError as exc:  # its caller got an error of its own already
-                self.outage.failed(exc)
-
-    def _run_command(self, op: str, args: dict) -> dict:
-        if op == "switch":
-            fields = {k: str(args.get(k) or "") for k in ("bid", "btype", "model", "mode", "device")}
-            secret = key_for(args.get("encrypted"), str(args.get("a64key") or ""),
-                             str(args.get("pvtkey") or ""))
-            return {"bid": self.switch(**fields, secret=secret)}
-        raise BadRequest(f"unknown command {op!r}")
 
 
 def _default_preheat(run_dir: Path) -> Path:

@@ -34,6 +34,9 @@ class Item:
     result: Any = None
     error: AiservingError | None = None
     cause: BaseException | None = None  # the vendor exception behind `error`, if any
+    # Open Inference Protocol raw tensors: the model's feeds as given (batch axis
+    # included), run without the bundle's pre/post-processing; `result` is the outputs.
+    tensors: list | None = None
 
     @property
     def uuid(self) -> str:
@@ -114,12 +117,16 @@ class Pipeline:
         t0 = time.perf_counter()
         for n, item in enumerate(items):
             item.index = n
-            self.on_stage(PRE, n)
-            self._pre(item)
+            if item.tensors is None:
+                self.on_stage(PRE, n)
+                self._pre(item)
         t.pre = time.perf_counter() - t0
-        ready = [i for i in items if i.error is None]
+        ready = [i for i in items if i.error is None and i.tensors is None]
         if ready:
             self._infer_and_post(ready, t)
+        direct = [i for i in items if i.error is None and i.tensors is not None]
+        if direct:
+            self._infer_direct(direct, t)
         t.failed = sum(1 for i in items if i.error is not None)
         self.on_stage(IDLE, -1)
         return t
@@ -190,6 +197,45 @@ class Pipeline:
             self.on_stage(POST, item.index)
             self._post(item, [o[n] for o in outputs])
         t.post += time.perf_counter() - t2
+
+    def _infer_direct(self, items: list[Item], t: Timings) -> None:
+        """Raw tensor requests: those whose tensors agree but for the batch axis run as
+        one batch (joined along it), unless the model has one-per-batch inputs."""
+        groups: dict = {}
+        for item in items:
+            key = tuple((a.dtype.str, a.shape[1:]) for a in item.tensors)
+            joinable = "0" not in self.input_type and all(a.ndim for a in item.tensors)
+            groups.setdefault(key if joinable else id(item), []).append(item)
+        for group in groups.values():
+            t1 = time.perf_counter()
+            self.on_stage(INFER, group[0].index if len(group) == 1 else -1)
+            feeds = group[0].tensors if len(group) == 1 else [
+                np.concatenate(parts) for parts in zip(*(i.tensors for i in group))]
+            try:
+                outputs = self.backend.predict(feeds)
+            except Exception as exc:
+                t.infer += time.perf_counter() - t1
+                if len(group) > 1:  # one bad request must not fail the others
+                    for item in group:
+                        self._infer_direct([item], t)
+                    continue
+                self._fail(group[0], InferenceError(
+                    f"inference failed: {type(exc).__name__}: {exc}"), exc)
+                continue
+            t.infer += time.perf_counter() - t1
+            if len(group) == 1:
+                group[0].result = outputs
+                continue
+            sizes = [len(i.tensors[0]) for i in group]
+            if any(o.ndim == 0 or o.shape[0] != sum(sizes) for o in outputs):
+                err = InferenceError("the model returned an output without the batch axis "
+                                     "first; send these requests one at a time")
+                for item in group:
+                    self._fail(item, err)
+                continue
+            cuts = np.cumsum(sizes)[:-1]
+            for item, parts in zip(group, zip(*(np.split(o, cuts) for o in outputs))):
+                item.result = list(parts)
 
     def _post(self, item: Item, infers: list) -> None:
         try:

@@ -17,7 +17,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import redis
 
 from aiserving import broker as brk
-from aiserving import batching, metrics
+from aiserving import batching, metrics, oip
 from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
@@ -62,6 +61,10 @@ def worker_main(spec: dict, conn, stop_event, progress, board) -> None:
 
 #: slots of the shared `progress` array the node's watchdog reads
 _MIN_BATCH_TIMEOUT_S = 10.0
+# What legacy clients polling db 5 find for an Open Inference Protocol request: its
+# tensors went to its caller only.
+_OIP_STORED = (b'{"status":"success","message":"Open Inference Protocol tensors, '
+               b'answered to the caller"}')
 _BATCH_TIMEOUT_FACTOR = 10.0  # x the measured warm-up time of one item, x the batch size
 
 
@@ -79,11 +82,14 @@ class Worker:
         self.max_delay = float(self.settings["batch.max_delay_ms"]) / 1000.0
         self.profile = bool(self.settings["profile"])
         self.broker = brk.Broker(spec["redis_url"], spec["node"],
-                                 result_ttl=int(self.settings["result.ttl_s"]))
+                                 result_ttl=int(self.settings["result.ttl_s"]),
+                                 prefix=self.settings["redis.key_prefix"])
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
         self._metrics = None
+        self._sample: Item | None = None  # the preheat item, until the tensors are described
+        self.tensor_meta: dict | None = None
 
     def report(self, status: ProcStatus, msg: str = "", **extra) -> None:
         self._send({"status": int(status), "msg": msg, "pid": os.getpid(), **extra})
@@ -121,10 +127,12 @@ class Worker:
             os._exit(EXIT_LOAD_FAILED)
         batch_timeout = float(self.settings["worker.batch_timeout_s"]) or max(
             _MIN_BATCH_TIMEOUT_S, _BATCH_TIMEOUT_FACTOR * (time.monotonic() - t0) * self.batchsize)
+        self.tensor_meta = self._describe(pipeline)
         if self.settings["batch.autotune"] and self.batchsize > 1:
             self.batchsize = self._tune_batches(pipeline)
         metrics.model_load_seconds().labels(self.fullhash).observe(time.monotonic() - t_load)
-        self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout, batch_cap=self.batchsize)
+        self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout, batch_cap=self.batchsize,
+                    tensors=self.tensor_meta)
         log.info("serving %s on %s, batch size %d, batch deadline %.1f s", self.fullhash,
                  pipeline.backend.device, self.batchsize, batch_timeout)
         self.serve(pipeline)
@@ -181,7 +189,7 @@ class Worker:
     def _batch_overhead(self) -> float:
         """Seconds a batch costs besides its pipeline: taking it from redis and answering
         it (the same kinds of commands on scratch keys of this process)."""
-        db, key = self.broker.db, f"aisrv:tune:{self.consumer}"
+        db, key = self.broker.db, f"{self.broker.keys.prefix}tune:{self.consumer}"
         times = []
         try:
             for _ in range(15):
@@ -192,13 +200,34 @@ class Worker:
                 pipe.set(key, b"r" * 256, ex=5)
                 pipe.rpush(key + ":reply", b"r" * 256)
                 pipe.expire(key + ":reply", 5)
-                pipe.execute_command("SELECT", 0)
+                pipe.execute_command("SELECT", self.broker.home_db)
                 pipe.xlen(key)
                 pipe.execute()
                 times.append(time.perf_counter() - t0)
         except redis.RedisError:
             return 0.0  # measured without it; the serving loop rides the outage out
         return sorted(times)[len(times) // 2]
+
+    def _describe(self, pipeline: Pipeline) -> dict | None:
+        """The model's tensors, published for Open Inference Protocol metadata: what the
+        framework tells, the rest from one trial batch of the preheat item's feeds."""
+        sample, self._sample = self._sample, None
+        try:
+            specs = pipeline.backend.tensor_specs() or {}
+            feeds = outputs = None
+            known = all(specs.get(role) is not None and all(
+                s.get("dtype") and s.get("shape") is not None for s in specs[role])
+                for role in ("inputs", "outputs"))
+            if not known and sample is not None and sample.pre_out is not None:
+                feeds = pipeline._stack([sample])  # exactly what a batch of it feeds
+                outputs = pipeline.backend.predict(feeds)
+            return oip.describe(specs, feeds, outputs,
+                                shared=[t == "0" for t in pipeline.input_type])
+        except Exception as exc:  # serving goes on; only raw tensor requests are refused
+            log.warning("%s: the model's tensors are unknown (%s: %s): Open Inference "
+                        "Protocol raw tensor requests are refused", self.fullhash,
+                        type(exc).__name__, exc)
+            return None
 
     def _preheat(self, pipeline: Pipeline) -> tuple[ProcStatus, str]:
         # The bundle's own input first: it knows what its pre-processing reads. Then
@@ -207,7 +236,7 @@ class Worker:
             own = pipeline.bundle.preheat_file()
         except AiservingError as exc:
             return ProcStatus.ERROR, exc.message
-        item = Item({"uuid": "preheat", "path": str(own or self.spec["preheat"])})
+        item = self._sample = Item({"uuid": "preheat", "path": str(own or self.spec["preheat"])})
         pipeline.run([item])
         if item.error is None:
             return ProcStatus.RUNNING, ""
@@ -325,6 +354,13 @@ class Worker:
                 infer_data["path"] = self._temp_image(job["image"], job.get("type", b"").decode())
                 temp_files.append(infer_data["path"])
             item = Item(infer_data)
+            if job.get("oip"):
+                try:
+                    item.tensors = [t.array(writable=True) for t in oip.unpack(
+                        job["oip"], job.get("tensors", b""))]
+                except AiservingError as exc:
+                    poisoned.append((msg_id, job, exc))
+                    continue
             items.append((msg_id, job, item))
         timings = Timings()
         try:
@@ -343,7 +379,7 @@ class Worker:
             rows.append(self._row(msg_id, job, item))
         for msg_id, job, error in poisoned:
             rows.append(self._error_row(msg_id, job, error))
-        self._finish(rows, sum(len(fields.get(b"image") or b"") for _, fields in jobs))
+        self._finish(rows, sum(brk.inline_size(fields) for _, fields in jobs))
         if items:
             self._record(t_start, items, timings)
         if self.profile and items:
@@ -383,6 +419,13 @@ class Worker:
                 time.sleep(self.outage.backoff())
 
     def _row(self, msg_id, job: dict, item: Item):
+        if item.error is None and item.tensors is not None:
+            try:
+                reply = oip.encode_reply(oip.name_outputs(item.result, self.tensor_meta))
+            except AiservingError as exc:
+                item.error = exc
+            else:
+                return (msg_id, item.uuid, job.get("reply"), _OIP_STORED, reply)
         if item.error is None:
             try:
                 text = to_json(item.result)
@@ -390,13 +433,13 @@ class Worker:
                 item.error = ProcessingError(f"post-processing returned a result that is not "
                                              f"JSON: {type(exc).__name__}: {exc}")
             else:
-                return (msg_id, item.uuid, job.get("reply") == b"1", text.encode("utf-8"),
+                return (msg_id, item.uuid, job.get("reply"), text.encode("utf-8"),
                         brk.encode_result(text))
         return self._error_row(msg_id, job, item.error)
 
     @staticmethod
     def _error_row(msg_id, job: dict, error: AiservingError):
-        return (msg_id, job.get("uuid", b"").decode(), job.get("reply") == b"1",
+        return (msg_id, job.get("uuid", b"").decode(), job.get("reply"),
                 brk.failure_text(error), brk.encode_error(error))
 
     def _temp_image(self, data: bytes, kind: str) -> str:

@@ -83,3 +83,21 @@ def test_grpc_needs_the_token_and_management_the_admin_token(node):
         bid="99", uuid="u1", path=str(node.image)), metadata=user)
     assert reply.code == 110  # through the door: the rpc itself answered
     client.close()
+
+
+def test_the_fleet_reads_need_the_token(node):
+    from aiserving.api.grpc.generated import fleet_pb2, fleet_pb2_grpc
+
+    url = node.base + "/api/v1alpha/nodes"
+    assert requests.get(url, timeout=10).status_code == 401
+    listed = requests.get(url, headers=bearer(TOKEN), timeout=10)
+    assert listed.status_code == 200 and [n["name"] for n in listed.json()["nodes"]] == \
+        [f"test{node.port}"]
+    with grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}") as channel:
+        fleet = fleet_pb2_grpc.FleetStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=10,
+                                metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert [n.name for n in reply.nodes] == [f"test{node.port}"]

@@ -34,9 +34,11 @@ class NodeProcess:
         self.env.pop("AISRV_SETTINGS", None)
         self.redis_port = free_port()
         self.grpc_port = free_port()
+        self.oip_grpc_port = free_port()  # Open Inference Protocol gRPC
         self.env.update({"AISRV_STORAGE": str(self.storage), "AISRV_NODE_NAME": f"test{self.port}",
                          "AISRV_REQUEST_TIMEOUT_S": "60", "AISRV_REDIS_PORT": str(self.redis_port),
                          "AISRV_GRPC_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+                         "AISRV_OIP_GRPC_ADDRESS": f"127.0.0.1:{self.oip_grpc_port}",
                          # Fixed sizes for tests of the node's mechanics (batches forming,
                          # one process to kill); tests/e2e/test_sizing.py checks the
                          # automatic ones.

@@ -25,6 +25,36 @@ def _answers(ok: dict, *codes: int) -> dict:
     return out
 
 
+def _nodes_schema() -> dict:
+    string, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
+    model = {"type": "object", "properties": {
+        "bid": string, "fullhash": string, "name": string, "version": string, "impl": string,
+        "status": {"type": "string", "description": "as GET /switch's status"},
+        "serving": {"type": "string", "description": "fullhash taking traffic, or empty"}}}
+    queue = {"type": "object", "properties": {
+        "fullhash": string,
+        "depth": {"type": "integer", "description": "jobs waiting or in flight, on any node"},
+        "in_flight": {"type": "integer", "description": "jobs this node's processes hold"}}}
+    node = {"type": "object", "required": ["name"], "properties": {
+        "name": string, "version": string,
+        "addresses": {"type": "object", "properties": {
+            "rest": string, "grpc": string, "oip_grpc": string}},
+        "backend_types": {"type": "array", "items": string, "nullable": True,
+                          "description": "null until the node has probed its frameworks"},
+        "models": {"type": "array", "items": model},
+        "resources": {"type": "object", "description": "percentages, as gRPC "
+                      "ListNodeResources", "properties": {
+                          "cpu": string, "mem": string, "gpu": string, "dsk": string}},
+        "load": {"type": "object", "properties": {
+            "queues": {"type": "array", "items": queue}, "in_flight": integer}},
+        "started_at": {"type": "number", "description": "Unix time"},
+        "last_seen": {"type": "number", "description": "Unix time of its last heartbeat"},
+        "ttl_s": number}}
+    return {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["success"]},
+        "nodes": {"type": "array", "items": node}}}
+
+
 def document() -> dict:
     backend_id = {"type": "string", "description": "backend id (\"0\", \"1\", ...)",
                   "example": "0"}
@@ -75,6 +105,7 @@ def document() -> dict:
                 "Ready": {"type": "object", "properties": {
                     "status": {"type": "string"},
                     "backends": {"type": "array", "items": backend_id}}},
+                "Nodes": _nodes_schema(),
             },
         },
         "security": [{}, {"bearer": []}],
@@ -97,6 +128,10 @@ def document() -> dict:
                                         "schema": backend_id}],
                         "responses": _answers({"$ref": "#/components/schemas/SwitchState"},
                                               401, 404, 503)}},
+            "/api/v1alpha/nodes": {"get": {
+                "summary": "The nodes sharing this node's redis (the fleet registry): live "
+                           "ones only, sorted by name.",
+                "responses": _answers({"$ref": "#/components/schemas/Nodes"}, 401, 503)}},
             "/healthz": {"get": {"summary": "200 while the front and redis answer.",
                                  "security": [{}],
                                  "responses": _answers({"$ref": "#/components/schemas/Health"},

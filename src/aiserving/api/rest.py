@@ -1,8 +1,9 @@
 """The REST front: legacy `/api/v1alpha` plus health checks, served by gunicorn.
 
 Stateless: it reads backend state the node publishes in redis, queues jobs on
-the model's stream and blocks on the job's reply list. This module is the one
-place where errors become HTTP responses.
+the model's stream and waits for the job's reply. The console's calls and Open
+Inference Protocol `/v2` are blueprints beside it; errors become HTTP answers in
+one place, `http_common.error_response`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid as uuidlib
 
-import redis
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 import aiserving
 from aiserving import broker as brk
 from aiserving import metrics
-from aiserving.api import openapi
-from aiserving.auth import Guard, Unauthenticated
+from aiserving.api import console, fleet_rest, oip_rest, openapi
+from aiserving.api.http_common import error_response, json_body, opt_str
+from aiserving.api.http_common import json_response as _json
+from aiserving.auth import Guard
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
 from aiserving.intake import check_input_path, limit_pixels, submit
@@ -32,7 +32,6 @@ from aiserving.intake import check_input_path, limit_pixels, submit
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1alpha"
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff in JSON text
 _ROUTE_TRIES = 4  # routes change only on loads and status changes: a retry or two at most
 
 
@@ -41,7 +40,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         resolved = os.environ.get("AISRV_RESOLVED_SETTINGS")
         settings = Settings(json.loads(resolved)) if resolved else Settings.load()
     broker = brk.Broker(settings.redis_url, settings["node.name"],
-                        queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"])
+                        queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"],
+                        prefix=settings["redis.key_prefix"])
     timeout = float(settings["request.timeout_s"])
     max_input = settings["request.max_image_bytes"]
     waiting = WaitingLimit(settings["http.max_waiting_per_model"]
@@ -49,44 +49,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("aiserving")
     app.config["MAX_CONTENT_LENGTH"] = settings["http.max_body_bytes"]
     limit_pixels(settings["request.max_pixels"])
+    app.register_blueprint(oip_rest.blueprint(settings, broker, waiting))  # /v2: KServe v2
 
     guard = Guard.from_settings(settings)
+    admin_paths = {f"{PREFIX}/switch", *console.ADMIN_PATHS}
 
     @app.before_request
     def _authenticate():
-        if guard.active and request.path != "/healthz":
+        # The console's page is static files, open; its calls are guarded as any other.
+        if guard.active and request.path != "/healthz" and not console.is_page(request.path):
             # Management: what changes the models a node runs.
-            admin = request.method == "POST" and request.path == f"{PREFIX}/switch"
+            admin = request.method == "POST" and request.path in admin_paths
             guard.check(request.headers.get("Authorization"), admin)
             if admin:  # the socket's peer: no proxy stands in front, X-Forwarded-For is a lie
                 guard.check_address(request.remote_addr)
 
-    @app.errorhandler(AiservingError)
-    def _our_error(exc: AiservingError):
-        response = _json({"status": "failed", "message": exc.message}, exc.http_status)
-        if isinstance(exc, QueueFull):
-            response.headers["Retry-After"] = "1"
-        elif isinstance(exc, Unauthenticated):
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-
-    @app.errorhandler(redis.RedisError)
-    def _no_redis(exc: redis.RedisError):
-        # An outage (redis restarting): a fast, explicit 503, never a hang or a 500.
-        log.warning("redis error on %s %s: %s", request.method, request.path, exc)
-        response = _json({"status": "failed", "message": f"redis is unavailable ({type(exc).__name__}); "
-                          "retry shortly"}, 503)
-        response.headers["Retry-After"] = "1"
-        return response
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        return _json({"status": "failed", "message": exc.description}, exc.code or 500)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return _json({"status": "failed", "message": "internal error; see the node's log"}, 500)
+    # Errors of the legacy calls (and the console's) in the legacy body; /v2 has its own.
+    app.register_error_handler(Exception, lambda exc: error_response(exc, _legacy_error))
 
     @app.post(f"{PREFIX}/detect")
     def detect():
@@ -105,11 +84,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         return response
 
     def _detect(seen: dict):
-        body = _body()
+        body = json_body()
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise BadRequest("field 'path' (absolute path of the input file) is required")
-        bid = _opt_str(body, "bid")
+        bid = opt_str(body, "bid")
         uuid = uuidlib.uuid4().hex
         for attempt in range(_ROUTE_TRIES):
             backend = broker.route(bid, fresh=attempt > 0)
@@ -137,8 +116,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post(f"{PREFIX}/switch")
     def switch_post():
-        body = _body()
-        args = {k: _opt_str(body, k) for k in ("bid", "btype", "model", "mode", "device",
+        body = json_body()
+        args = {k: opt_str(body, k) for k in ("bid", "btype", "model", "mode", "device",
                                                "encrypted", "a64key", "pvtkey")}
         answer = broker.command("switch", args, uuidlib.uuid4().hex)
         return _json({"status": "success", "bid": answer["bid"]})
@@ -175,6 +154,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise NotReady("no model is loaded and running")
         return _json({"status": "success", "backends": running})
 
+    app.register_blueprint(console.blueprint(settings, broker, waiting, guard))
+    app.register_blueprint(fleet_rest.blueprint(broker))  # GET /api/v1alpha/nodes
     return app
 
 
@@ -206,39 +187,6 @@ class WaitingLimit:
                 self._count[key] -= 1
 
 
-def _json(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload), status, mimetype="application/json")
 
-
-def _body() -> dict:
-    # Parsed here rather than by Flask: a deeply nested body raises RecursionError,
-    # which is the caller's mistake (400), not the node's (500).
-    try:
-        data = request.get_data(cache=False)
-    except OSError:  # the read time-out of a slow or half-sent body
-        raise BadRequest("the request body did not arrive in time") from None
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        body = None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(data):
-        try:
-            # JSON can escape a lone surrogate ("\ud800"), which no UTF-8 text holds: redis
-            # and the file system would fail on it deep inside, so it is refused here.
-            # (Only bodies that escape a surrogate at all pay for this walk.)
-            json.dumps(body, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise BadRequest("the request body holds a string that is not valid Unicode "
-                             "(a lone surrogate escape)") from None
-    return body
-
-
-def _opt_str(body: dict, key: str) -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise BadRequest(f"field {key!r} must be a string")
-    return str(value)
+def _legacy_error(message: str, status: int) -> Response:
+    return _json({"status": "failed", "message": message}, status)

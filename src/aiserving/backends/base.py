@@ -38,6 +38,14 @@ class Backend(ABC):
         knows it (used to tell an old bundle's batch-of-one from a real axis)."""
         return None
 
+    def tensor_specs(self) -> dict | None:
+        """The model's tensors where the framework knows them, for Open Inference
+        Protocol metadata: {"inputs": [...], "outputs": [...]}, each a list (or None:
+        unknown) of {"name", "dtype" (numpy name, or None), "shape" (list, -1 for a
+        variable axis, or None)} in feed / output order. What is left unknown is
+        filled in from a trial batch at load (default: everything)."""
+        return None
+
     def unload(self) -> None:
         """Release the model and its device memory."""
 

@@ -103,6 +103,11 @@ class OnnxBackend(Backend):
     def input_ranks(self) -> list[int | None] | None:
         return [len(i.shape) if i.shape is not None else None for i in self._inputs]
 
+    def tensor_specs(self) -> dict | None:
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        return {"inputs": [_spec(i) for i in self._inputs],
+                "outputs": [_spec(outputs[n]) for n in self._output_names]}
+
     def predict(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(feeds) != len(self._inputs):
             raise ValueError(f"the model takes {len(self._inputs)} input(s), got {len(feeds)}")
@@ -159,6 +164,13 @@ def _providers(wanted: Sequence[str], device: str | None, fullhash: str) -> tupl
 
 def _is_fixed(dim) -> bool:
     return isinstance(dim, int) and dim > 0
+
+
+def _spec(arg) -> dict:
+    dtype = _DTYPES.get(arg.type)
+    return {"name": arg.name, "dtype": np.dtype(dtype).name if dtype is not None else None,
+            "shape": [d if _is_fixed(d) else -1 for d in arg.shape]
+            if arg.shape is not None else None}
 
 
 def _cast(feed: np.ndarray, onnx_type: str) -> np.ndarray:

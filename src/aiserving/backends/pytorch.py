@@ -30,6 +30,7 @@ class TorchBackend(Backend):
         super().__init__(settings)
         self._model = None
         self._device = torch.device("cpu")
+        self._names: dict = {}
 
     @property
     def device(self) -> str:
@@ -47,6 +48,17 @@ class TorchBackend(Backend):
             raise BundleError(f"bundle {bundle.fullhash}: pytorch model type {kind!r} is not "
                               "supported (structureSplit, structureEmbed)")
         self._model = model.to(self._device).eval()
+        tensors = bundle.record.ext.get("tensors")
+        self._names = tensors if isinstance(tensors, dict) else {}
+
+    def tensor_specs(self) -> dict | None:
+        # TorchScript keeps no tensor names: those modelext lists, else (from the trial
+        # batch at load) INPUT__0, OUTPUT__0, ... as Triton's pytorch backend names them.
+        def named(key: str):
+            names = self._names.get(key)
+            return [{"name": str(n)} for n in names] if isinstance(names, list) and names \
+                else None
+        return {"inputs": named("input"), "outputs": named("output")}
 
     def _load_split(self, bundle: Bundle) -> torch.nn.Module:
         bundle.refuse_encrypted("structureSplit has no model_core (encrypt a structureEmbed "

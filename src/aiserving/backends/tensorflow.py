@@ -239,6 +239,16 @@ class TensorFlowBackend(Backend):
     def input_ranks(self) -> list[int | None] | None:
         return [t.shape.rank for t in self._inputs]
 
+    def tensor_specs(self) -> dict | None:
+        def spec(t) -> dict:
+            numeric = t.dtype.is_numpy_compatible and t.dtype.as_numpy_dtype is not object
+            return {"name": t.name, "dtype": np.dtype(t.dtype.as_numpy_dtype).name
+                    if numeric else None,
+                    "shape": [-1 if d is None else int(d) for d in t.shape.as_list()]
+                    if t.shape.rank is not None else None}
+        return {"inputs": [spec(t) for t in self._inputs],
+                "outputs": [spec(t) for t in self._outputs]}
+
     def predict(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(feeds) != len(self._inputs):
             raise ValueError(f"the model takes {len(self._inputs)} inputs "

@@ -103,6 +103,17 @@ class TFLiteBackend(Backend):
     def input_ranks(self) -> list[int | None] | None:
         return [len(_signature(d)) for d in self._inputs]
 
+    def tensor_specs(self) -> dict | None:
+        # A quantized tensor's type is left to the trial batch: the node quantizes
+        # float feeds and dequantizes outputs, so callers see floats.
+        def spec(d: dict) -> dict:
+            dtype = np.dtype(d["dtype"])
+            quantized = d["quantization"][0] and dtype.kind in "iu"
+            return {"name": d["name"], "dtype": None if quantized or dtype.kind in "OSU"
+                    else dtype.name, "shape": list(_signature(d))}
+        return {"inputs": [spec(d) for d in self._inputs],
+                "outputs": [spec(d) for d in self._outputs]}
+
     def predict(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(feeds) != len(self._inputs):
             raise ValueError(f"the model takes {len(self._inputs)} input(s), got {len(feeds)}")

@@ -16,12 +16,14 @@ import grpc
 from aiserving.api.grpc.backend_service import BackendService
 from aiserving.api.grpc.connectivity_service import ConnectivityService
 from aiserving.api.grpc.exchange_service import ExchangeService
+from aiserving.api.grpc.fleet_service import FleetService, fleet_pb2_grpc
 from aiserving.api.grpc.inference_service import InferenceService
 from aiserving.api.grpc.model_service import ModelService
 from aiserving.api.grpc.protocol import (backend_pb2_grpc, connectivity_pb2_grpc, exchange_pb2_grpc,
                                          inference_pb2_grpc, model_pb2_grpc)
 from aiserving.auth import ADMIN_RPCS, Forbidden, Guard, Unauthenticated
 from aiserving.bundle.catalog import ModelCatalog
+from aiserving.config import env_name
 from aiserving.errors import ConfigError
 from aiserving.tls import TlsFiles
 from aiserving.uploads import CHUNK_BYTES, UploadStore
@@ -51,11 +53,10 @@ class GrpcServer:
                                     settings["model.max_labels"], settings["model.max_record_bytes"],
                                     settings["import.max_entries"], settings["import.max_ratio"])
         max_message = max_message_bytes(settings)
-        guard = Guard.from_settings(settings)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings["grpc.threads"],
                                        thread_name_prefix="grpc"),
-            interceptors=[_ReadableRequests()] + ([_Authenticate(guard)] if guard.active else []),
+            interceptors=interceptors(settings),
             options=[("grpc.max_receive_message_length", max_message),
                      ("grpc.max_send_message_length", max_message),
                      ("grpc.so_reuseport", 0)])
@@ -66,32 +67,16 @@ class GrpcServer:
             ExchangeService(node, self.uploads, self.catalog), self.server)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(node), self.server)
         connectivity_pb2_grpc.add_ConnectivityServicer_to_server(ConnectivityService(node), self.server)
+        # Not trueno: the fleet registry (aiserving.fleet.v1), same port, same guard.
+        fleet_pb2_grpc.add_FleetServicer_to_server(FleetService(node), self.server)
 
     def start(self) -> "GrpcServer":
-        try:
-            if self.tls is None:
-                port = self.server.add_insecure_port(self.address)
-            else:
-                credentials = grpc.ssl_server_credentials(
-                    [(self.tls.key, self.tls.cert)], root_certificates=self.tls.client_ca,
-                    require_client_auth=self.tls.client_ca is not None)
-                port = self.server.add_secure_port(self.address, credentials)
-        except RuntimeError:
-            port = 0
-        if not port:
-            raise ConfigError(f"Setting 'grpc.address' is {self.address!r}, which cannot be "
-                              "listened on (in use, or not a local address): set "
-                              "AISRV_GRPC_ADDRESS.")
+        listening = listen(self.server, self.address, self.tls, "grpc.address")
         self.server.start()
         self._sweeper = threading.Thread(target=self._sweep, name="upload-sweeper", daemon=True)
         self._sweeper.start()
-        if self.tls is None:
-            door = "plain text, no TLS (set tls.cert and tls.key for TLS)"
-        else:
-            door = "TLS, certificate " + self.tls.cert_path + (
-                ", client certificates required (tls.client_ca)" if self.tls.client_ca else "")
-        log.info("gRPC API listening on %s: %s (protobuf: %s)", self.address, door,
-                 protobuf_implementation())
+        log.info("gRPC API listening on %s: %s (protobuf: %s)", self.address,
+                 listening, protobuf_implementation())
         return self
 
     def stop(self, grace: float = 5.0) -> None:
@@ -105,6 +90,34 @@ class GrpcServer:
                 self.uploads.sweep()
             except OSError as exc:
                 log.warning("cannot sweep uploads: %s", exc)
+
+
+def listen(server: grpc.Server, address: str, tls: TlsFiles | None, key: str) -> str:
+    """Bind `server` to the address setting `key` names, with the node's TLS if any;
+    returns how it listens, for the log."""
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None)
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ConfigError(f"Setting '{key}' is {address!r}, which cannot be listened on (in "
+                          f"use, or not a local address): set {env_name(key)}.")
+    if tls is None:
+        return "plain text, no TLS (set tls.cert and tls.key for TLS)"
+    return "TLS, certificate " + tls.cert_path + (
+        ", client certificates required (tls.client_ca)" if tls.client_ca else "")
+
+
+def interceptors(settings) -> list:
+    """What guards every gRPC server of the node: unreadable requests refused, then tokens."""
+    guard = Guard.from_settings(settings)
+    return [_ReadableRequests()] + ([_Authenticate(guard)] if guard.active else [])
 
 
 class _Authenticate(grpc.ServerInterceptor):

