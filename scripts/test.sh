@@ -26,5 +26,5 @@ echo "== building the release-pack"
 echo "== the whole suite, from source"
 AISRV_RELEASE_PACK=release-pack run_pytest || exit 1
 echo "== end-to-end tests against release-pack/run.py"
-AISRV_TEST_RUN_PY=release-pack/run.py run_pytest tests/e2e tests/test_cli.py || exit 1
+AISRV_TEST_RUN_PY=release-pack/run.py run_pytest tests/e2e tests/test_cli.py tests/test_cli_client.py || exit 1
 echo "== all passed"

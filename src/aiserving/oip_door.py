@@ -6,6 +6,12 @@ keeps, checked at enqueue like every route), check the request against the
 tensors its worker described at load, queue it on the model's stream as the
 legacy doors do, and wait for the reply.
 
+A model this node does not serve may be served by another node of its fleet (the
+same redis and key prefix): the registry's entries carry each model's route, and
+a job queued on that model's stream is taken by that node's workers, whose reply
+comes back to this process's reply list. A model no live node serves is refused at
+once, never queued where nobody reads.
+
 Two forms of infer: raw tensors, fed to the framework as given (the bundle's
 pre/post-processing skipped), answered as named tensors; or one BYTES input
 holding an encoded image, run through the bundle like `/detect`, answered as
@@ -26,8 +32,10 @@ from aiserving import metrics, oip
 from aiserving.errors import (AiservingError, InputError, ModelNotFound, NotReady,
                               RequestTimeout)
 from aiserving.intake import check_image_bytes, submit
+from aiserving.registry import FleetKeys, NodeRegistry
 
 _ROUTE_TRIES = 4
+_FLEET_CACHE_S = 1.0  # how stale this process's copy of the fleet's routes may be
 EXTENSIONS = ["binary_tensor_data"]
 
 
@@ -41,6 +49,12 @@ def _serves(route: dict, name: str, version: str) -> bool:
         not version or info.get("version") == version)
 
 
+def _newest(hits: list[dict]) -> dict:
+    """One of the routes serving the newest version (several backends share its work)."""
+    newest = max((r["oip"]["version"] for r in hits), key=_version_key)
+    return random.choice([r for r in hits if r["oip"]["version"] == newest])
+
+
 class OipDoor:
     def __init__(self, broker: brk.Broker, settings, door: str, waiting=None):
         self.broker = broker
@@ -51,10 +65,22 @@ class OipDoor:
         # The broker's route cache is three attributes: threads (the daemon's gRPC door)
         # read and refresh them together, so a version never vouches for older routes.
         self._lock = threading.Lock()
+        self.registry = NodeRegistry(broker.db, FleetKeys(broker.keys.prefix))
+        self._fleet: tuple[float, list[dict]] = (-1e9, [])
 
     def _routes(self, fresh: bool) -> tuple[list[dict], str]:
         with self._lock:
             return self.broker.route_table(fresh)
+
+    def _fleet_routes(self, fresh: bool) -> list[dict]:
+        """Routes of the models the other live nodes serve, from the registry."""
+        at, routes = self._fleet
+        if fresh or time.monotonic() - at > _FLEET_CACHE_S:
+            me = self.broker.keys.node
+            routes = [m["route"] for n in self.registry.nodes() if n["name"] != me
+                      for m in n.get("models") or () if m.get("route")]
+            self._fleet = (time.monotonic(), routes)
+        return routes
 
     # --- finding a model ----------------------------------------------------------------
 
@@ -67,16 +93,21 @@ class OipDoor:
             routes, routes_version = self._routes(refresh)
             hits = [r for r in routes if _serves(r, name, version)]
             if hits:
-                newest = max((r["oip"]["version"] for r in hits), key=_version_key)
-                return random.choice([r for r in hits if r["oip"]["version"] == newest]), \
-                    routes_version
+                return _newest(hits), routes_version
+        remote = self._fleet_routes(fresh)
+        hits = [r for r in remote if _serves(r, name, version)]
+        if hits:
+            # Another node's route: no version of ours vouches for it (an empty one
+            # skips the check at enqueue); the registry's TTL drops a dead node's.
+            return _newest(hits), ""
         shown = f"model {name!r}" + (f" version {version!r}" if version else "")
-        loading = [r for r in routes if (r.get("model") or {}).get("name") == name and (
-            not version or r["model"].get("version") == version)]
+        loading = [r for r in routes + remote if (r.get("model") or {}).get("name") == name
+                   and (not version or r["model"].get("version") == version)]
         if loading:
-            raise NotReady(f"{shown} is not ready on this node (status: "
+            raise NotReady(f"{shown} is not ready on any live node (status: "
                            f"{loading[0]['switch']['status']}); retry shortly")
-        raise ModelNotFound(f"{shown} is not loaded on this node")
+        raise ModelNotFound(f"{shown} is served by no live node (neither this one nor "
+                            "another sharing its redis)")
 
     def server_ready(self) -> bool:
         if not self.broker.node_alive():

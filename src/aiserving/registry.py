@@ -170,7 +170,9 @@ class Announcer:
                            "fullhash": f"{model['implhash']}-{model['version']}",
                            "name": model.get("name") or "", "version": model["version"],
                            "impl": record["impl"], "status": record["switch"]["status"],
-                           "serving": record.get("serving") or ""})
+                           "serving": record.get("serving") or "",
+                           # what another node's front needs to send this model work
+                           "route": brk.route_of(record)})
         return {
             "name": node.name, "version": aiserving.__version__, "addresses": dict(self.doors),
             "backend_types": self._types, "models": models,

@@ -186,3 +186,60 @@ def test_three_nodes_share_the_work_and_survive_one_killed(tmp_path, start_node)
     finally:
         server.terminate()
         server.wait()
+
+
+def test_a_model_served_elsewhere_in_the_fleet_is_reached_through_any_front(tmp_path,
+                                                                             start_node):
+    """Open Inference Protocol routing by capability: a front that does not serve a model
+    sends its requests to the node that does; once no live node serves it, the answer is
+    an immediate error naming the model, not a wait in a queue nobody reads."""
+    import numpy as np
+    import requests
+    import torch
+
+    from tests.support.bundles import tiny_model
+
+    server, port = _redis_server(tmp_path)
+    try:
+        env = {"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port),
+               "AISRV_FLEET_NODE_TTL_S": str(TTL_S), "AISRV_REQUEST_TIMEOUT_S": "60"}
+        write_bundle(tmp_path / "gpu", name="far", mode="structureEmbed", seed=7)
+        with ThreadPoolExecutor(2) as pool:
+            edge, gpu = pool.map(lambda box: start_node(
+                tmp_path / box, args=["--profile"],
+                env={**env, **({"AISRV_AUTOLOAD": "far"} if box == "gpu" else {})}), ("edge", "gpu"))
+        gpu.wait_switch()
+        _wait(lambda: edge.get("/v2/models/far").status_code == 200, 30,
+              "the edge node never learnt of the model the other node serves")
+        meta = edge.get("/v2/models/far").json()
+        (spec,) = meta["inputs"]
+        shape = [1 if d == -1 else d for d in spec["shape"]]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        body = {"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape,
+                            "data": x.ravel().tolist()}]}
+        answers = [requests.post(f"{edge.base}/v2/models/far/infer", json=body, timeout=30)
+                   for _ in range(4)]
+        with torch.no_grad():
+            expected = tiny_model(3, 3, 7)(torch.from_numpy(x)).numpy()
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            (out,) = answer.json()["outputs"]
+            np.testing.assert_allclose(np.array(out["data"], dtype=np.float32).reshape(
+                out["shape"]), expected, rtol=1e-4, atol=1e-5)
+        assert _served(gpu) >= len(answers)  # run by the node that serves the model
+
+        for pid in [gpu.proc.pid] + gpu.all_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        gpu.proc.wait(10)
+        _wait(lambda: _rest_names(edge)[0] == [f"test{edge.port}"], 5 * TTL_S,
+              "the killed node stayed in the registry")
+        # Well inside request.timeout_s (60 s): refused at once, naming the model.
+        refused = requests.post(f"{edge.base}/v2/models/far/infer", json=body, timeout=10)
+        assert refused.status_code == 404, refused.text
+        assert "'far'" in refused.json()["error"] and "no live node" in refused.json()["error"]
+    finally:
+        server.kill()
+        server.wait()

@@ -102,11 +102,11 @@ def test_unknown_models_and_versions_are_not_found(world):
                  lambda c: c.get_model_metadata(TORCH, "7")):
         with pytest.raises(InferenceServerException) as http_error:
             call(world["http"])
-        assert http_error.value.status() == "404" and "is not loaded" in http_error.value.message()
+        assert http_error.value.status() == "404" and "is served by no live node" in http_error.value.message()
         with pytest.raises(InferenceServerException) as grpc_error:
             call(world["grpc"])
         assert grpc_error.value.status() == "StatusCode.NOT_FOUND"
-        assert "is not loaded" in grpc_error.value.message()
+        assert "is served by no live node" in grpc_error.value.message()
     with pytest.raises(InferenceServerException) as caught:
         world["grpc"].is_model_ready("no-such-model")
     assert caught.value.status() == "StatusCode.NOT_FOUND"

@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = Settings(json.loads(resolved)) if resolved else Settings.load()
     broker = brk.Broker(settings.redis_url, settings["node.name"],
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"],
+                        inline_max=settings["queue.max_inline_bytes"],
                         prefix=settings["redis.key_prefix"])
     timeout = float(settings["request.timeout_s"])
     max_input = settings["request.max_image_bytes"]
