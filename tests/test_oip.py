@@ -20,7 +20,7 @@ META = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 16, 16
 
 @pytest.mark.parametrize("datatype", [d for d in oip.DATATYPES if d != "BYTES"])
 def test_every_numeric_datatype_round_trips_raw_json_and_arrays(datatype):
-    dtype = oip.DATATYPES[datatype]
+    dtype = np.dtype(oip.DATATYPES[datatype])
     array = (np.arange(6) % 2 == 1) if datatype == "BOOL" else np.arange(6).astype(dtype)
     array = array.reshape(2, 3)
     tensor = oip.from_array("x", array)

@@ -15,27 +15,31 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aiserving.errors import InferenceError, InputError
 
-#: OIP datatype -> numpy dtype (BYTES: numpy object arrays of bytes)
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where a tensor is handled, not with this module: the REST
+# front imports it for /v2 and would otherwise carry numpy (~15 MB) while idle.
+
+#: OIP datatype -> numpy dtype name (BYTES: numpy object arrays of bytes)
 DATATYPES = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }
-_BY_NUMPY = {dt.name: name for name, dt in DATATYPES.items() if name != "BYTES"}
+_BY_NUMPY = {dt: name for name, dt in DATATYPES.items() if name != "BYTES"}
 IMAGE_OUTPUT = "result"  # the output of the image form, unless the request names it
 _LEN = struct.Struct("<I")
 
 
 def datatype_of(dtype) -> str:
     """The OIP datatype of a numpy dtype (strings and objects are BYTES)."""
+    import numpy as np
+
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return "BYTES"
@@ -47,8 +51,10 @@ def datatype_of(dtype) -> str:
 
 
 def _dtype(datatype: str, name: str) -> np.dtype:
+    import numpy as np
+
     try:
-        return DATATYPES[datatype]
+        return np.dtype(DATATYPES[datatype])
     except (KeyError, TypeError):
         raise InputError(f"input {name!r}: datatype {datatype!r} is not supported (one of "
                          f"{', '.join(DATATYPES)})") from None
@@ -74,6 +80,8 @@ class Tensor:
     def array(self, writable: bool = False) -> np.ndarray:
         """The elements as an array: a read-only view of `raw` unless `writable`
         (frameworks that wrap arrays in place, such as torch, want their own)."""
+        import numpy as np
+
         if self.datatype == "BYTES":
             items = split_bytes(self.raw, self.name)
             out = np.empty(len(items), dtype=object)
@@ -127,6 +135,8 @@ def from_raw(name: str, datatype: str, shape, raw: bytes) -> Tensor:
 
 def from_elements(name: str, datatype: str, shape, data) -> Tensor:
     """A tensor from JSON `data` (flat or nested lists) or gRPC typed contents."""
+    import numpy as np
+
     dtype = _dtype(datatype, name)
     count = _count(shape, name)
     flat = _flatten(data, name)
@@ -177,6 +187,8 @@ def _flatten(data, name: str) -> list:
 
 
 def from_array(name: str, array) -> Tensor:
+    import numpy as np
+
     array = np.asarray(array)
     datatype = datatype_of(array.dtype)
     if datatype == "BYTES":
