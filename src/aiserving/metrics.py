@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -27,6 +28,7 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 _LOAD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 _made: dict = {}
+_making = threading.Lock()
 
 
 def enable(folder: Path) -> None:
@@ -40,9 +42,16 @@ def _metric(kind: str, name: str, doc: str, labels=(), **kwargs):
     # Made on first use: an importing process that never records pays nothing.
     found = _made.get(name)
     if found is None:
-        import prometheus_client
+        # Once per process: two objects for one metric would each keep its own value and
+        # overwrite the other's in the shared file (the front's first requests arrive
+        # together, and making one can yield to another greenlet).
+        with _making:
+            found = _made.get(name)
+            if found is None:
+                import prometheus_client
 
-        found = _made[name] = getattr(prometheus_client, kind)(name, doc, labels, **kwargs)
+                found = _made[name] = getattr(prometheus_client, kind)(name, doc, labels,
+                                                                       **kwargs)
     return found
 
 

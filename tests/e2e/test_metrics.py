@@ -58,7 +58,8 @@ def test_metrics_move_as_requests_are_served(storage, tmp_path, start_node):
     try:
         with ThreadPoolExecutor(len(images)) as pool:
             futures = [pool.submit(node.detect, path) for path in images]
-            queued = _wait_for(node, lambda s: _value(s, "aisrv_queue_depth", model=model) == 16)
+            queued = _wait_for(node, lambda s: _value(s, "aisrv_queue_depth", model=model) == 16
+                               and _value(s, "aisrv_front_in_flight") == 16)
             assert _value(queued, "aisrv_queue_depth", model=model) == 16
             assert _value(queued, "aisrv_front_in_flight") == 16
             for pid in pids:

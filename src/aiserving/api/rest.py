@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(oip_rest.blueprint(settings, broker, waiting))  # /v2: KServe v2
 
     guard = Guard.from_settings(settings)
+    for made in (metrics.in_flight, metrics.requests, metrics.request_seconds):
+        made()  # before the first requests, which arrive together
     admin_paths = {f"{PREFIX}/switch", *console.ADMIN_PATHS}
 
     @app.before_request
