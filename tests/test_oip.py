@@ -196,7 +196,6 @@ def test_a_raw_item_the_framework_refuses_fails_alone(pipeline):
 # --- what the frameworks tell of their tensors -------------------------------------------
 
 def test_tensorflow_names_its_graph_tensors_and_a_shared_input_keeps_its_shape(storage):
-    pytest.importorskip("tensorflow")
     from tests.support import tf_models
 
     model = tf_models.write_frozen(storage)
@@ -211,7 +210,6 @@ def test_tensorflow_names_its_graph_tensors_and_a_shared_input_keeps_its_shape(s
 
 
 def test_a_quantized_tflite_model_is_described_as_the_floats_the_node_takes_and_gives(storage):
-    pytest.importorskip("tensorflow")
     from tests.support import tflite_models
 
     backend = create_backend("tensorflow-lite", {"backend.threads": 1})
