@@ -99,7 +99,8 @@ def test_the_announcer_beats_describes_its_load_and_withdraws(redis_url, tmp_pat
                                       "AISRV_HTTP_PORT": "8123",
                                       "AISRV_GRPC_ADDRESS": "127.0.0.1:50123"})
     db = brk.connect(redis_url)
-    node = SimpleNamespace(settings=settings, db=db, name="edge-1", keys=brk.NodeKeys("edge-1"),
+    broker = brk.Broker(redis_url, "edge-1")
+    node = SimpleNamespace(settings=settings, db=db, name="edge-1", keys=broker.keys, broker=broker,
                            lock=threading.RLock(),
                            backends={}, stopping=threading.Event(), outage=brk.Outage("test"))
     announcer = Announcer(node)
@@ -147,3 +148,18 @@ def test_fleets_under_different_key_prefixes_do_not_see_each_other(redis_url):
     assert [n["name"] for n in ours.nodes()] == ["a"]
     assert [n["name"] for n in theirs.nodes()] == ["b"]
     assert db.exists("other:fleet:node:b") and db.exists("aisrv:fleet:node:a")
+
+
+def test_models_once_served_are_remembered_after_their_node_is_gone(redis_url):
+    registry = NodeRegistry(brk.connect(redis_url))
+    registry.announce({"name": "gpu-1", "last_seen": 1234.5, "models": [
+        {"name": "far", "version": "2", "serving": "h-2"},
+        {"name": "idle", "version": "1", "serving": ""}]}, ttl_s=0.2)
+    time.sleep(0.4)
+    assert registry.nodes() == []  # the node's entry expired...
+    # ...what it served is still known: a request for it is told who served it last.
+    assert registry.last_served("far") == {"node": "gpu-1", "at": 1234.5}
+    assert registry.last_served("far", "2") == {"node": "gpu-1", "at": 1234.5}
+    assert registry.last_served("far", "3") is None
+    assert registry.last_served("idle") is None  # loaded nowhere: never served
+    assert registry.last_served("nowhere") is None

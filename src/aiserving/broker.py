@@ -3,8 +3,14 @@
 Jobs: one stream per model (`<prefix>jobs:<fullhash>`) read by one consumer
 group, `workers`, so every inference process serving that model -- on this
 box or another box sharing the redis -- takes its share and no job is run
-twice. Finished jobs are acknowledged and deleted, so the stream length is
-the number of jobs waiting or in flight: that is what the queue bound checks.
+twice. A job naming an input file only the accepting box can read goes to
+that node's own stream of the model (`...:@node:<name>`), and one naming a file
+under a folder every node mounts (`fleet.shared_inputs`) to that folder's
+stream (`...:@share:<hash>`), read by the nodes declaring it; inline inputs go
+to the model's stream. A worker reads all the streams it may serve in one
+XREADGROUP; the message ids it holds carry their stream as a tag (`tag_id`).
+Finished jobs are acknowledged and deleted, so the stream length is the number
+of jobs waiting or in flight: that is what the queue bound checks, per stream.
 Every key name starts with the key prefix (`redis.key_prefix`, "aisrv:"), so
 fleets with different prefixes share one redis without seeing each other.
 
@@ -15,6 +21,7 @@ the reply list of the process that waits (db 5, see `replies.py`), so nothing po
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,6 +66,27 @@ def connect(url: str, db: int | None = None, **kwargs) -> redis.Redis:
 
 def stream_key(fullhash: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}jobs:{fullhash}"
+
+
+def share_tag(folder: str) -> str:
+    """The tag of a shared input folder's streams: the same on every node mounting it."""
+    return "s" + hashlib.sha1(folder.encode()).hexdigest()[:10]
+
+
+NODE_TAG = "n"  # the accepting node's own stream of a model
+
+
+def tag_id(tag: str, msg_id: bytes | str) -> bytes:
+    """A message id as workers and the watchdog hold it: its stream's tag in front
+    (none for the model's stream), so acknowledging or failing it finds its stream."""
+    msg_id = msg_id if isinstance(msg_id, bytes) else msg_id.encode()
+    return msg_id if not tag else f"{tag}|".encode() + msg_id
+
+
+def untag_id(tagged: bytes | str) -> tuple[str, bytes]:
+    tagged = tagged if isinstance(tagged, bytes) else tagged.encode()
+    tag, _, msg_id = tagged.rpartition(b"|")
+    return tag.decode(), msg_id
 
 
 def inline_key(fullhash: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -137,8 +165,15 @@ class NodeKeys:
     def command_reply(self, cid: str) -> str:
         return f"{self.prefix}cmdreply:{cid}"
 
-    def stream(self, fullhash: str) -> str:
-        return stream_key(fullhash, self.prefix)
+    def stream(self, fullhash: str, tag: str = "") -> str:
+        """The model's stream (inline inputs), or the one a tag names: this node's own
+        (NODE_TAG) or a shared input folder's (`share_tag`)."""
+        base = stream_key(fullhash, self.prefix)
+        if not tag:
+            return base
+        if tag == NODE_TAG:
+            return f"{base}:@node:{self.node}"
+        return f"{base}:@share:{tag[1:]}"
 
     def inline(self, fullhash: str) -> str:
         return inline_key(fullhash, self.prefix)
@@ -169,7 +204,8 @@ class Broker:
     """Redis access of the front and the workers (the node adds its own writes)."""
 
     def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600,
-                 inline_max: int = 256 * 1024 ** 2, prefix: str = DEFAULT_PREFIX):
+                 inline_max: int = 256 * 1024 ** 2, prefix: str = DEFAULT_PREFIX,
+                 shared_inputs: Iterable[str] = ()):
         # No socket timeout: blocking reads wait as long as asked.
         self.db = connect(url)
         self.home_db = redis_target.home_db(url)
@@ -177,6 +213,11 @@ class Broker:
         self.keys = NodeKeys(node, prefix)
         self.queue_max = queue_max
         self.inline_max = inline_max
+        # Folders (resolved) every node of the fleet mounts at the same place, and the
+        # tags of their streams; the first of nested ones that holds a file wins.
+        self.shares = {os.path.realpath(f).rstrip(os.sep) or os.sep: share_tag(
+            os.path.realpath(f).rstrip(os.sep) or os.sep) for f in shared_inputs}
+        self.tags = ["", NODE_TAG, *sorted(set(self.shares.values()))]
         self.result_ttl = result_ttl
         self._enqueue = self.db.register_script(_ENQUEUE)
         self._routes: dict[str, dict] | None = None  # bid -> route, as of `_version`
@@ -244,12 +285,29 @@ class Broker:
         return [json.loads(v) for v in self.db.hvals(self.keys.backends)]
 
     def queue_depths(self) -> dict[str, int]:
-        """Jobs waiting or in flight per model this node's backends serve."""
+        """Jobs waiting or in flight per model this node's backends serve (in every
+        stream of the model its workers read)."""
         models = sorted({b["serving"] for b in self.backends() if b.get("serving")})
         pipe = self.db.pipeline(transaction=False)
         for model in models:
-            pipe.xlen(self.keys.stream(model))
-        return dict(zip(models, pipe.execute()))
+            for key in self.streams(model).values():
+                pipe.xlen(key)
+        counts = iter(pipe.execute())
+        return {model: sum(next(counts) for _ in self.tags) for model in models}
+
+    def streams(self, fullhash: str) -> dict[str, str]:
+        """Tag -> key of every stream of a model this node's workers read."""
+        return {tag: self.keys.stream(fullhash, tag) for tag in self.tags}
+
+    def path_tag(self, path: str) -> str:
+        """The tag of the stream a job naming input file `path` goes to: a shared
+        folder's when the file (symlinks resolved) lies in one, else this node's own."""
+        if self.shares:
+            real = os.path.realpath(path)
+            for folder, tag in self.shares.items():
+                if real.startswith(folder + os.sep) or folder == os.sep:
+                    return tag
+        return NODE_TAG
 
     def node_alive(self) -> bool:
         return bool(self.db.exists(self.keys.alive))
@@ -258,15 +316,19 @@ class Broker:
                 version: str | None = None) -> str:
         """Add a job to a model's stream, or raise QueueFull at once when it is full:
         `queue_max` jobs, or `inline_max` bytes of inline inputs held for the model.
+        A job naming an input file goes to the stream of the nodes that can read it
+        (`path_tag`).
 
         `version`: that of the route the caller took (`route`); StaleRoute if the
         routes changed since, and nothing is queued.
         """
+        path = fields.get("path")
+        stream = self.keys.stream(fullhash, self.path_tag(path) if path else "")
         size = inline_size(fields)
         args: list = [self.queue_max, size, self.inline_max, version or ""]
         for k, v in fields.items():
             args += [k, v]
-        msg_id = self._enqueue(keys=[self.keys.stream(fullhash), self.keys.inline(fullhash),
+        msg_id = self._enqueue(keys=[stream, self.keys.inline(fullhash),
                                      self.keys.version], args=args)
         if msg_id == b"stale":
             raise StaleRoute()
@@ -314,31 +376,44 @@ class Broker:
     # --- worker side ------------------------------------------------------------
 
     def ensure_group(self, fullhash: str) -> None:
-        try:
-            self.db.xgroup_create(self.keys.stream(fullhash), GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for key in self.streams(fullhash).values():
+            try:
+                self.db.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def read(self, fullhash: str, consumer: str, count: int, block_ms: int | None,
              pending: bool = False) -> list[tuple[bytes, dict]]:
-        """New jobs (or, with `pending`, this consumer's own unacknowledged ones)."""
-        got = self.db.xreadgroup(GROUP, consumer, {self.keys.stream(fullhash): "0" if pending else ">"},
+        """New jobs (or, with `pending`, this consumer's own unacknowledged ones) from
+        every stream of the model this node reads, ids tagged (`tag_id`). Up to
+        `count` per stream: the caller keeps what its batch has no room for."""
+        streams = self.streams(fullhash)
+        got = self.db.xreadgroup(GROUP, consumer, {k: "0" if pending else ">" for k in
+                                                   streams.values()},
                                  count=count, block=None if pending else block_ms)
         if not got:
             return []
+        tags = {k.encode(): t for t, k in streams.items()}
         # Entries deleted while pending come back with no fields: nothing left to do for them.
-        return [(mid, f) for mid, f in got[0][1] if f]
+        return [(tag_id(tags[key if isinstance(key, bytes) else key.encode()], mid), f)
+                for key, entries in got for mid, f in entries if f]
 
     def claim_stale(self, fullhash: str, consumer: str, idle_ms: int, count: int):
         """Take over jobs another (dead) consumer left unacknowledged for `idle_ms`."""
-        got = self.db.xautoclaim(self.keys.stream(fullhash), GROUP, consumer, idle_ms, "0-0",
-                                 count=count)
-        return [(mid, f) for mid, f in got[1] if f]
+        jobs = []
+        for tag, key in self.streams(fullhash).items():
+            if len(jobs) >= count:
+                break
+            got = self.db.xautoclaim(key, GROUP, consumer, idle_ms, "0-0",
+                                     count=count - len(jobs))
+            jobs += [(tag_id(tag, mid), f) for mid, f in got[1] if f]
+        return jobs
 
     def deliveries(self, fullhash: str, msg_id: bytes) -> int:
-        rows = self.db.xpending_range(self.keys.stream(fullhash), GROUP, min=msg_id, max=msg_id,
-                                      count=1)
+        tag, msg_id = untag_id(msg_id)
+        rows = self.db.xpending_range(self.keys.stream(fullhash, tag), GROUP, min=msg_id,
+                                      max=msg_id, count=1)
         return rows[0]["times_delivered"] if rows else 0
 
     def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]],
@@ -350,14 +425,15 @@ class Broker:
         budget. Results are written before the acknowledgement: a crash in between
         makes the job run again, never vanish.
         """
-        ids = []
+        ids: dict[str, list[bytes]] = {}  # stream tag -> message ids
         lists: dict[bytes, list[bytes]] = {}
         # One round trip for the whole batch: results in db 5, then, back in the node's
         # db, the acknowledgement. The connection ends the pipeline where it belongs.
         pipe = self.db.pipeline(transaction=False)
         pipe.execute_command("SELECT", RESULT_DB)
         for msg_id, uuid, reply_to, stored, reply in done:
-            ids.append(msg_id)
+            tag, msg_id = untag_id(msg_id)
+            ids.setdefault(tag, []).append(msg_id)
             if uuid:
                 pipe.set(uuid, stored, ex=self.result_ttl)
             if reply_to == b"1":  # queued by a node of an older release: a list per request
@@ -376,11 +452,11 @@ class Broker:
         if len(self._expired) > 4096:
             self._expired.clear()
         pipe.execute_command("SELECT", self.home_db)
-        if ids:
-            pipe.xack(self.keys.stream(fullhash), GROUP, *ids)
-            pipe.xdel(self.keys.stream(fullhash), *ids)
-            if inline:
-                pipe.decrby(self.keys.inline(fullhash), inline)
+        for tag, taken in ids.items():
+            pipe.xack(self.keys.stream(fullhash, tag), GROUP, *taken)
+            pipe.xdel(self.keys.stream(fullhash, tag), *taken)
+        if ids and inline:
+            pipe.decrby(self.keys.inline(fullhash), inline)
         pipe.execute()
 
     def fail_pending(self, fullhash: str, consumer: str, ids: list[str],
@@ -390,9 +466,10 @@ class Broker:
         Only jobs still pending for that consumer: one it finished in the meantime
         keeps its result. Returns the uuids answered.
         """
-        stream = self.keys.stream(fullhash)
         rows, inline = [], 0
-        for msg_id in ids:
+        for tagged in ids:
+            tag, msg_id = untag_id(tagged)
+            stream = self.keys.stream(fullhash, tag)
             held = self.db.xpending_range(stream, GROUP, min=msg_id, max=msg_id, count=1,
                                           consumername=consumer)
             entry = self.db.xrange(stream, min=msg_id, max=msg_id, count=1) if held else []
@@ -400,7 +477,7 @@ class Broker:
                 continue
             fields = entry[0][1]
             uuid = fields.get(b"uuid", b"").decode()
-            rows.append((msg_id.encode(), uuid, fields.get(b"reply"),
+            rows.append((tag_id(tag, msg_id), uuid, fields.get(b"reply"),
                          failure_text(error), encode_error(error)))
             inline += inline_size(fields)
         if rows:
@@ -408,7 +485,11 @@ class Broker:
         return [r[1] for r in rows]
 
     def forget_consumer(self, fullhash: str, consumer: str) -> None:
-        self.db.xgroup_delconsumer(self.keys.stream(fullhash), GROUP, consumer)
+        for key in self.streams(fullhash).values():
+            try:
+                self.db.xgroup_delconsumer(key, GROUP, consumer)
+            except redis.ResponseError:  # no such stream or group: nothing to forget there
+                pass
 
 
 # A reply is one byte of kind, then JSON: b"R" + the result's JSON text, or

@@ -300,6 +300,11 @@ SETTINGS: tuple[Setting, ...] = (
             "/api/v1alpha/nodes`, gRPC `aiserving.fleet.v1.Fleet`) every third of this; a "
             "node not heard from for this long drops out of it.",
             lambda v: None if v >= 1 else "must be at least 1"),
+    Setting("fleet.shared_inputs", [], "list",
+            "Folders (within `input.roots`) every node of the fleet mounts at the same path. "
+            "A `/detect` or InferenceLocal job naming a file in one may run on any node "
+            "declaring that folder; one naming any other file runs on the node that "
+            "accepted it. Inline inputs run on whichever node serving the model is free."),
     Setting("fleet.advertise_host", "", "str",
             "Host name or address the fleet registry shows for this node's doors. Empty: "
             "each door's bind address, the host name where it binds every interface."),
@@ -320,7 +325,9 @@ SETTINGS: tuple[Setting, ...] = (
             "/switch as `sizing.batch_cap`); false: batches up to the batch size."),
     Setting("backend.max_count", 8, "int", "Most backends one node runs.", _positive),
     Setting("queue.max_len", 1000, "int",
-            "Most jobs waiting or in flight per model; past it requests get 503 at once.", _positive),
+            "Most jobs waiting or in flight per model stream (a model's stream of inline "
+            "jobs, a node's own stream of its local files, a shared folder's); past it "
+            "requests get 503 at once.", _positive),
     Setting("queue.max_inline_bytes", 256 * 1024 ** 2, "int",
             "Most bytes of inline inputs (gRPC InferenceRemote) held in redis per model, "
             "waiting or in flight; past it 1 / 503 at once. Bounds redis's memory by bytes, "
@@ -490,6 +497,8 @@ class Settings:
         values["crypto.device_key"] = str((base / values["crypto.device_key"]).resolve()) \
             if values["crypto.device_key"] else str(Path(values["storage"]) / "keys" /
                                                     "device-key.pem")
+        values["fleet.shared_inputs"] = [str((base / r).resolve())
+                                         for r in values["fleet.shared_inputs"]]
         values["input.roots"] = [str((base / r).resolve()) for r in values["input.roots"]] or [
             str(Path(values["storage"]) / "input"), str(Path(values["storage"]) / "demo"),
             str(Path(tempfile.gettempdir()).resolve())]

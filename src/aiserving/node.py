@@ -63,7 +63,8 @@ class Node:
         self.broker = brk.Broker(redis_url, self.name, queue_max=settings["queue.max_len"],
                                  inline_max=settings["queue.max_inline_bytes"],
                                  result_ttl=settings["result.ttl_s"],
-                                 prefix=settings["redis.key_prefix"])
+                                 prefix=settings["redis.key_prefix"],
+                                 shared_inputs=settings["fleet.shared_inputs"])
         self.keys = self.broker.keys
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()

@@ -43,6 +43,14 @@ def _version_key(version: str):
     return (version.isdigit(), int(version) if version.isdigit() else 0, version)
 
 
+def _ago(at) -> str:
+    try:
+        seconds = max(0, int(time.time() - float(at)))
+    except (TypeError, ValueError):
+        return "some time ago"
+    return f"{seconds} s ago"
+
+
 def _serves(route: dict, name: str, version: str) -> bool:
     info = route.get("oip") or {}
     return bool(route.get("serving")) and info.get("name") == name and (
@@ -106,6 +114,10 @@ class OipDoor:
         if loading:
             raise NotReady(f"{shown} is not ready on any live node (status: "
                            f"{loading[0]['switch']['status']}); retry shortly")
+        last = self.registry.last_served(name, version)
+        if last is not None:  # its nodes are gone (or unloaded it): may come back, so 503
+            raise NotReady(f"{shown} is served by no live node now; it was last served by "
+                           f"node {last.get('node')!r} {_ago(last.get('at'))}")
         raise ModelNotFound(f"{shown} is served by no live node (neither this one nor "
                             "another sharing its redis)")
 

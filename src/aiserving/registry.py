@@ -48,6 +48,9 @@ class FleetKeys:
     def __init__(self, prefix: str = "aisrv:"):
         self.names = f"{prefix}fleet:nodes"  # set: the names of nodes that announced
         self.entry_prefix = f"{prefix}fleet:node:"  # + name: the node's JSON, with a TTL
+        # hash: model name -> {"node", "at"}: who served it last, so a request for a model
+        # whose nodes are all gone is told so (503) rather than that it never existed (404)
+        self.models = f"{prefix}fleet:models"
 
     def entry(self, name: str) -> str:
         return self.entry_prefix + name
@@ -67,7 +70,24 @@ class NodeRegistry:
         pipe = self.db.pipeline(transaction=True)
         pipe.set(self.keys.entry(name), json.dumps(info), px=max(1, int(ttl_s * 1000)))
         pipe.sadd(self.keys.names, name)
+        seen = json.dumps({"node": name, "at": info.get("last_seen", time.time())})
+        served = {}
+        for m in info.get("models") or ():
+            if m.get("name") and m.get("serving"):
+                served[m["name"]] = served[_model_field(m["name"], m.get("version"))] = seen
+        if served:
+            pipe.hset(self.keys.models, mapping=served)
         pipe.execute()
+
+    def last_served(self, model: str, version: str = "") -> dict | None:
+        """Which node served `model` (that version of it, if named) last, and when (a
+        Unix time); None: never heard of."""
+        raw = self.db.hget(self.keys.models, _model_field(model, version) if version else model)
+        try:
+            found = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
     def withdraw(self, name: str) -> None:
         """Remove a node's entry at once (a clean stop)."""
@@ -87,6 +107,10 @@ class NodeRegistry:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
                 found.append(entry)
         return sorted(found, key=lambda e: e["name"])
+
+
+def _model_field(name: str, version) -> str:
+    return f"{name}\n{version or ''}"
 
 
 def reachable(bind: str, advertise: str) -> str:
@@ -181,27 +205,29 @@ class Announcer:
         }
 
     def _load(self, models: list[dict]) -> dict:
-        """Per model: jobs queued (waiting or in flight, on any node) and the jobs this
-        node's processes hold; and this node's total."""
+        """Per model: jobs queued (waiting or in flight) in the streams this node reads
+        (the model's, its own, its shared folders') and the jobs this node's processes
+        hold; and this node's total."""
         streams = sorted({m["fullhash"] for m in models})
         pipe = self.node.db.pipeline(transaction=False)
         for fullhash in streams:
-            pipe.xlen(self.node.keys.stream(fullhash))
-            pipe.xpending(self.node.keys.stream(fullhash), brk.GROUP)
-        answers = pipe.execute(raise_on_error=False)
+            for key in self.node.broker.streams(fullhash).values():  # shared, own, folders'
+                pipe.xlen(key)
+                pipe.xpending(key, brk.GROUP)
+        answers = iter(pipe.execute(raise_on_error=False))
         mine = f"{self.node.name}."  # consumers are "<node>.<bid>.<gen>.<index>"
         queues, total = [], 0
-        for n, fullhash in enumerate(streams):
-            depth, pending = answers[2 * n], answers[2 * n + 1]
-            held = 0
-            if isinstance(pending, dict):  # no group yet: an error, nothing held
-                for consumer in pending.get("consumers") or ():
-                    name = consumer["name"]
-                    name = name.decode() if isinstance(name, bytes) else name
-                    if name.startswith(mine):
-                        held += int(consumer["pending"])
+        for fullhash in streams:
+            depth = held = 0
+            for _ in self.node.broker.tags:
+                length, pending = next(answers), next(answers)
+                depth += length if isinstance(length, int) else 0
+                if isinstance(pending, dict):  # no group yet: an error, nothing held
+                    for consumer in pending.get("consumers") or ():
+                        name = consumer["name"]
+                        name = name.decode() if isinstance(name, bytes) else name
+                        if name.startswith(mine):
+                            held += int(consumer["pending"])
             total += held
-            queues.append({"fullhash": fullhash,
-                           "depth": depth if isinstance(depth, int) else 0,
-                           "in_flight": held})
+            queues.append({"fullhash": fullhash, "depth": depth, "in_flight": held})
         return {"queues": queues, "in_flight": total}

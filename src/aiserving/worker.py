@@ -83,10 +83,12 @@ class Worker:
         self.profile = bool(self.settings["profile"])
         self.broker = brk.Broker(spec["redis_url"], spec["node"],
                                  result_ttl=int(self.settings["result.ttl_s"]),
-                                 prefix=self.settings["redis.key_prefix"])
+                                 prefix=self.settings["redis.key_prefix"],
+                                 shared_inputs=self.settings["fleet.shared_inputs"])
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
+        self._held: list = []  # read beyond a full batch (one read spans several streams)
         self._metrics = None
         self._sample: Item | None = None  # the preheat item, until the tensors are described
         self.tensor_meta: dict | None = None
@@ -261,7 +263,9 @@ class Worker:
                 if not group_ready:  # at start, and after redis came back (maybe empty)
                     b.ensure_group(self.fullhash)
                     group_ready = True
-                if own_pending:
+                if self._held and not own_pending:
+                    jobs, self._held = self._held, []
+                if not jobs and own_pending:
                     jobs = b.read(self.fullhash, self.consumer, self.batchsize, None, pending=True)
                     own_pending = bool(jobs)
                     redelivered = bool(jobs)
@@ -273,14 +277,16 @@ class Worker:
                 if not jobs:
                     jobs = b.read(self.fullhash, self.consumer, self.batchsize,
                                   _DRAIN_BLOCK_MS if stopping else _BLOCK_MS)
-                    if jobs and not stopping:
+                    if jobs and not stopping and len(jobs) < self.batchsize:
                         jobs += self._fill(len(jobs))
+                if not redelivered and len(jobs) > self.batchsize:
+                    jobs, self._held = jobs[:self.batchsize], jobs[self.batchsize:] + self._held
                 self.outage.ok()
             except redis.RedisError as exc:
                 # Redis went away (or came back without our stream): wait and start over;
                 # jobs already read are still pending in the stream, if it kept them.
                 self.outage.failed(exc)
-                group_ready = False
+                group_ready, own_pending, self._held = False, True, []  # still pending there
                 if stopping and self.outage.down_for() > _DRAIN_GRACE_S:
                     break
                 time.sleep(self.outage.backoff())
@@ -304,7 +310,8 @@ class Worker:
                     self._process(pipeline, jobs, False)
             except redis.RedisError as exc:
                 self.outage.failed(exc)
-                group_ready, own_pending = False, True  # what was read stays pending
+                # What was read stays pending: read again from there.
+                group_ready, own_pending, self._held = False, True, []
         try:
             b.forget_consumer(self.fullhash, self.consumer)
         except Exception:  # nothing pending is lost either way; this is tidying only

@@ -18,7 +18,7 @@ IDLE, PRE, INFER, POST = 0, 1, 2, 3
 
 
 #: shared memory holding the message ids of the batch a worker runs, for the watchdog
-BATCH_IDS_BYTES = 32 * 1024  # 1000 ids of up to 31 bytes
+BATCH_IDS_BYTES = 48 * 1024  # 1000 ids of up to 47 bytes (tagged: `broker.tag_id`)
 
 
 def write_batch(board, ids: list[bytes]) -> None:

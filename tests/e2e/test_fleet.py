@@ -79,7 +79,9 @@ def test_three_nodes_share_the_work_and_survive_one_killed(tmp_path, start_node)
                "AISRV_FLEET_NODE_TTL_S": str(TTL_S),
                # Jobs a dead node held are taken over soon; a live worker holds one
                # for well under a second (0.15 s of pre-processing per item).
-               "AISRV_WORKER_CLAIM_IDLE_MS": "4000"}
+               "AISRV_WORKER_CLAIM_IDLE_MS": "4000",
+               # The boxes share the test's folder (as an NFS mount would): any may run its files.
+               "AISRV_FLEET_SHARED_INPUTS": str(tmp_path)}
         for box in ("a", "b", "c"):
             # The same bundle in every box: the same fullhash, so one shared stream.
             bundle = write_bundle(tmp_path / box, name="slow", delay=0.15)
@@ -115,7 +117,8 @@ def test_three_nodes_share_the_work_and_survive_one_killed(tmp_path, start_node)
         images = [write_image(tmp_path / f"img{n}.png", seed=n) for n in range(REQUESTS)]
         fronts = nodes[:2]
         answers = [None] * REQUESTS
-        stream = brk.stream_key(bundle.fullhash)
+        stream = brk.NodeKeys("any").stream(bundle.fullhash,
+                                            brk.share_tag(os.path.realpath(tmp_path)))
         prefix = f"test{victim.port}.".encode()
 
         def send(n):
@@ -237,9 +240,88 @@ def test_a_model_served_elsewhere_in_the_fleet_is_reached_through_any_front(tmp_
         _wait(lambda: _rest_names(edge)[0] == [f"test{edge.port}"], 5 * TTL_S,
               "the killed node stayed in the registry")
         # Well inside request.timeout_s (60 s): refused at once, naming the model.
+        # A model served before: 503 (its node may come back), naming it and who served it.
         refused = requests.post(f"{edge.base}/v2/models/far/infer", json=body, timeout=10)
-        assert refused.status_code == 404, refused.text
+        assert refused.status_code == 503, refused.text
         assert "'far'" in refused.json()["error"] and "no live node" in refused.json()["error"]
+        assert f"test{gpu.port}" in refused.json()["error"]
+        # One no node ever served, or a version never served: 404, as the protocol has it.
+        for path in ("/v2/models/nowhere/infer", "/v2/models/far/versions/9/infer"):
+            unknown = requests.post(f"{edge.base}{path}", json=body, timeout=10)
+            assert unknown.status_code == 404, unknown.text
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_path_jobs_stay_with_the_nodes_that_can_read_them_and_inline_ones_spread(
+        tmp_path, start_node):
+    """Two nodes serving one model: a file outside the folders the fleet shares runs on
+    the node that accepted the request; one inside them, and inline images, run on
+    whichever node is free."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    server, port = _redis_server(tmp_path)
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    try:
+        env = {"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port),
+               "AISRV_AUTOLOAD": "slow", "AISRV_BATCH_SIZE": "2",
+               "AISRV_FLEET_SHARED_INPUTS": str(shared)}
+        for box in ("a", "b"):
+            write_bundle(tmp_path / box, name="slow", delay=0.1)
+        with ThreadPoolExecutor(2) as pool:
+            front, other = pool.map(lambda box: start_node(tmp_path / box, args=["--profile"],
+                                                           env=env), ("a", "b"))
+        front.wait_switch()
+        other.wait_switch()
+
+        def served_after(batch, node, before):
+            # A worker logs its batch line just after it answered: give the last one a moment.
+            _wait(lambda: _served(front) + _served(other) >= before + batch, 10,
+                  "a served job was never logged")
+            return _served(node)
+
+        # Files only this box is said to have: all run here, though the other node is idle.
+        own = [write_image(private / f"own{n}.png", seed=n) for n in range(12)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(front.detect, own))
+        for path, answer in zip(own, answers):
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["result"]["path"] == str(path)
+        assert served_after(12, front, 0) == 12
+        assert _served(other) == 0, "the other node ran a job naming this node's local file"
+
+        # Files in the shared folder: the idle node takes its share.
+        files = [write_image(shared / f"shared{n}.png", seed=n) for n in range(16)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(front.detect, files))
+        for path, answer in zip(files, answers):
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["result"]["path"] == str(path)
+        assert served_after(16, other, 12) > 0, "no shared-folder job ran on the other node"
+        after_shared = _served(other)
+
+        # Inline images (Open Inference Protocol image form): whichever node is free.
+        def infer(n):
+            # A client per call: tritonclient's HTTP client is gevent's, bound to one thread.
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{front.port}")
+            tensor = httpclient.InferInput("image", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([own[n % len(own)].read_bytes()], dtype=object))
+            try:
+                return client.infer("slow", [tensor])
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(infer, range(16)))
+        assert all(r.as_numpy("result") is not None for r in results)
+        assert served_after(16, other, 28) > after_shared, "no inline job ran on the other node"
+        # Nothing left behind in any stream.
+        db = redis.Redis(port=port)
+        assert [k for k in db.keys("aisrv:jobs:*") if db.xlen(k)] == []
     finally:
         server.kill()
         server.wait()

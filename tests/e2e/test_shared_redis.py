@@ -25,7 +25,9 @@ def test_two_nodes_share_one_queue(tmp_path, start_node):
             except redis.ConnectionError:
                 time.sleep(0.05)
         env = {"AISRV_REDIS_HOST": "127.0.0.1", "AISRV_REDIS_PORT": str(port),
-               "AISRV_AUTOLOAD": "slow", "AISRV_BATCH_SIZE": "2"}
+               "AISRV_AUTOLOAD": "slow", "AISRV_BATCH_SIZE": "2",
+               # Both boxes read the test's folder at the same path: its files may run on either.
+               "AISRV_FLEET_SHARED_INPUTS": str(tmp_path)}
         nodes = []
         for box in ("a", "b"):
             # The same bundle on both boxes: the same fullhash, so the same stream.

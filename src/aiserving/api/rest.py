@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     broker = brk.Broker(settings.redis_url, settings["node.name"],
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"],
                         inline_max=settings["queue.max_inline_bytes"],
-                        prefix=settings["redis.key_prefix"])
+                        prefix=settings["redis.key_prefix"],
+                        shared_inputs=settings["fleet.shared_inputs"])
     timeout = float(settings["request.timeout_s"])
     max_input = settings["request.max_image_bytes"]
     waiting = WaitingLimit(settings["http.max_waiting_per_model"]
