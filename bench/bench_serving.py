@@ -262,11 +262,24 @@ def load(port: int, images: list[Path], clients: int, seconds: float, bid: str) 
             "first_failure": failures[0] if failures else ""}
 
 
-def node_runs(storage: Path, bundle, images, seconds: float) -> tuple[list[dict], dict, tuple]:
-    # The product's defaults: none of the fixed sizes the test suite pins.
+def _stage_totals(node) -> tuple[float, float]:
+    """Seconds the workers spent in pre + infer + post, and items run, from /metrics."""
+    staged = items = 0.0
+    for line in node.get("/metrics").text.splitlines():
+        if line.startswith("aisrv_stage_seconds_sum") and 'stage="queue"' not in line:
+            staged += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("aisrv_batch_size_sum"):
+            items += float(line.rsplit(" ", 1)[1])
+    return staged, items
+
+
+def node_runs(storage: Path, bundle, images, seconds: float,
+              env: dict | None = None) -> tuple[list[dict], dict, tuple]:
+    # The product's defaults (none of the fixed sizes the test suite pins), but what
+    # `--set` changes.
     node = NodeProcess(storage, env={"AISRV_BACKEND_INFERPROCNUM": None,
                                      "AISRV_BATCH_AUTOTUNE": None,
-                                     "AISRV_REQUEST_TIMEOUT_S": None}).start()
+                                     "AISRV_REQUEST_TIMEOUT_S": None, **(env or {})}).start()
     try:
         idle = _idle_memory_mb(node)
         bid = node.switch(btype="pytorch", model=bundle.fullhash)
@@ -278,10 +291,16 @@ def node_runs(storage: Path, bundle, images, seconds: float) -> tuple[list[dict]
 
         stats = redis.Redis(port=node.redis_port)
         for clients in (1, 8, 16):
+            staged0, items0 = _stage_totals(node)
             before = _cpu_by_kind(node)
             commands = stats.info("stats")["total_commands_processed"]
             row = load(node.port, images, clients, seconds, bid)
             after = _cpu_by_kind(node)
+            staged1, items1 = _stage_totals(node)
+            # The workers' CPU outside pre/infer/post (stage times are wall time: one
+            # thread per process by default, so close to CPU time), per item.
+            row["worker_overhead_ms"] = 1000 * ((after.get("workers", 0) - before.get(
+                "workers", 0)) - (staged1 - staged0)) / max(1.0, items1 - items0)
             # (the INFO call itself and the node's heartbeat are in it too: a few per second)
             row["commands"] = (stats.info("stats")["total_commands_processed"] - commands) / \
                 row["requests"]
@@ -337,13 +356,21 @@ def main() -> None:
     parser.add_argument("--models", default="demo,cnn")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the minimal Flask app under the same gunicorn settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a node setting other than its default, e.g. "
+                             "result.store_answered=false (repeatable)")
     args = parser.parse_args()
+    env = {}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        env["AISRV_" + key.upper().replace(".", "_")] = value
     cores = os.cpu_count() or 1
     lines = [f"# Benchmark results\n",
              f"Machine: {platform.processor() or platform.machine()}, {cores} cores, "
              f"{psutil.virtual_memory().total / 2 ** 30:.1f} GiB, Python "
              f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. Command: "
-             f"`.venv/bin/python bench/bench_serving.py --seconds {args.seconds:g}`. The load "
+             f"`.venv/bin/python bench/bench_serving.py --seconds {args.seconds:g}"
+             f"{''.join(' --set ' + p for p in args.set)}`. The load "
              f"generator runs on the same cores as the node.\n"]
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp) / "storage"
@@ -368,7 +395,7 @@ def main() -> None:
                     bundle, images, batch, cores, 1, args.seconds)
             best = max(r["rate"] for r in raws.values())
             single = raws[f"1 process x {cores} threads, batch 1"]
-            rows, sizing, idle = node_runs(storage, bundle, images, args.seconds)
+            rows, sizing, idle = node_runs(storage, bundle, images, args.seconds, env)
             lines.append(f"\n## {name} ({bundle.record.impl})\n")
             lines.append("| raw framework, in-process | images/s | p50 ms per image |")
             lines.append("|---|---:|---:|")
@@ -379,14 +406,16 @@ def main() -> None:
                          f"(pages the forked front workers share counted once).\n")
             lines.append("| node, REST | req/s | served/raw best | p50 ms | p99 ms | "
                          "p50 added to raw batch-1 | CPU-ms/req front | daemon | redis | "
-                         "workers | redis commands/req | failures |")
-            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                         "workers | worker CPU-ms/item outside pre/infer/post | "
+                         "redis commands/req | failures |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows:
                 c = r["cpu_ms"]
                 lines.append(f"| concurrency {r['clients']} | {r['rate']:.1f} | "
                              f"{r['rate'] / best:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                              f"{r['p50_ms'] - single['p50_ms']:+.2f} | {c['front']:.3f} | "
                              f"{c['daemon']:.3f} | {c['redis']:.3f} | {c['workers']:.3f} | "
+                             f"{r['worker_overhead_ms']:.3f} | "
                              f"{r['commands']:.1f} | {r['failures']} |")
             print("\n".join(lines[-(len(rows) + len(raws) + 6):]), flush=True)
         if not args.no_floor:

@@ -1,11 +1,14 @@
 """Replies reach their waiters through one list per waiting process (aiserving.replies)."""
 
+import json
 import threading
+import time
 
 import pytest
 import redis
 
 from aiserving import broker as brk
+from aiserving.errors import InferenceError
 from aiserving.redis_server import EmbeddedRedis
 
 
@@ -72,3 +75,41 @@ def test_waiters_get_the_redis_error_when_redis_goes_away(tmp_path):
     assert isinstance(outcome.get("error"), redis.RedisError)
     with pytest.raises(redis.RedisError):
         b.wait_reply("u2", 60)  # no new wait starts while nobody can read replies
+
+
+def test_without_storing_answered_results_only_callers_that_gave_up_find_theirs_in_db_5(
+        redis_url):
+    front = brk.Broker(redis_url, "n1")
+    worker = brk.Broker(redis_url, "n1", store_answered=False)
+    jobs = _queue_and_read(front, ["waited", "gave-up", "failed"], front.reply_list)
+    worker.ensure_group("m-1")
+    worker.enqueue("m-1", {"uuid": "nobody", "path": "/x", "reply": "0"})  # gRPC: no waiter
+    jobs += worker.read("m-1", "c1", 10, 100)
+    assert front.wait_reply("gave-up", 0.05) is None  # its time-out passes first
+    assert front.wait_reply("failed", 0.05) is None
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(r=front.wait_reply("waited", 10)))
+    waiter.start()
+    rows = []
+    for mid, f in jobs:
+        uuid = f[b"uuid"].decode()
+        if uuid == "failed":
+            err = InferenceError("the model broke")
+            rows.append((mid, uuid, f[b"reply"], brk.failure_text(err), brk.encode_error(err)))
+        else:
+            rows.append((mid, uuid, f[b"reply"], b'{"u":"%s"}' % uuid.encode(),
+                         brk.encode_result('{"u":"%s"}' % uuid)))
+    worker.finish("m-1", rows)
+    waiter.join(10)
+    assert got["r"] == b'R{"u":"waited"}'
+    results = redis.Redis.from_url(redis_url, db=5)
+    assert results.get("nobody") == b'{"u":"nobody"}'
+    # The callers that gave up: stored by their process's pump when the reply came.
+    deadline = time.monotonic() + 10
+    while results.get("failed") is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert results.get("gave-up") == b'{"u":"gave-up"}'
+    assert 0 < results.ttl("gave-up") <= 3600
+    assert json.loads(results.get("failed")) == {"status": "failed", "code": InferenceError.code,
+                                                 "message": "the model broke"}
+    assert results.get("waited") is None  # answered to its caller: not stored

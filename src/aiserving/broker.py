@@ -14,9 +14,12 @@ of jobs waiting or in flight: that is what the queue bound checks, per stream.
 Every key name starts with the key prefix (`redis.key_prefix`, "aisrv:"), so
 fleets with different prefixes share one redis without seeing each other.
 
-Results: the post-processing output as JSON text in db 5 under the request
-uuid (legacy clients poll it), with a TTL; a waiting request's reply goes to
-the reply list of the process that waits (db 5, see `replies.py`), so nothing polls.
+Results: the post-processing output as JSON text in db 5 under the request uuid
+(legacy clients poll it), with a TTL; a waiting request's reply goes to the reply
+list of the process that waits (db 5, see `replies.py`), so nothing polls. With
+`result.store_answered` off, a result its waiting caller received is not stored:
+only those of jobs nobody waits on (gRPC InferenceLocal/Remote) and of callers
+that stopped waiting (their process stores it when it comes).
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ class Broker:
 
     def __init__(self, url: str, node: str, *, queue_max: int = 1000, result_ttl: int = 3600,
                  inline_max: int = 256 * 1024 ** 2, prefix: str = DEFAULT_PREFIX,
-                 shared_inputs: Iterable[str] = ()):
+                 shared_inputs: Iterable[str] = (), store_answered: bool = True):
         # No socket timeout: blocking reads wait as long as asked.
         self.db = connect(url)
         self.home_db = redis_target.home_db(url)
@@ -219,6 +222,7 @@ class Broker:
             os.path.realpath(f).rstrip(os.sep) or os.sep) for f in shared_inputs}
         self.tags = ["", NODE_TAG, *sorted(set(self.shares.values()))]
         self.result_ttl = result_ttl
+        self.store_answered = store_answered
         self._enqueue = self.db.register_script(_ENQUEUE)
         self._routes: dict[str, dict] | None = None  # bid -> route, as of `_version`
         self._rest_bid = ""
@@ -358,8 +362,9 @@ class Broker:
             with self._box_lock:
                 box = self._box
                 if box is None or box.pid != os.getpid():
-                    box = self._box = replies.ReplyBox(connect(self._url, RESULT_DB),
-                                                       self.keys.node, self.keys.reply_lists)
+                    box = self._box = replies.ReplyBox(
+                        connect(self._url, RESULT_DB), self.keys.node, self.keys.reply_lists,
+                        result_ttl=self.result_ttl)
         return box
 
     def command(self, op: str, args: dict, cid: str, timeout: float = 15.0) -> dict:
@@ -418,40 +423,46 @@ class Broker:
 
     def finish(self, fullhash: str, done: Iterable[tuple[bytes, str, bool, bytes, bytes]],
                inline: int = 0) -> None:
-        """Store results and wake waiters, then acknowledge and delete the jobs.
+        """Answer jobs, then acknowledge and delete them.
 
         `done` rows: (message id, uuid, the job's `reply` field, legacy db-5 text,
         reply); `inline`: the bytes of inline inputs they held, released from the
-        budget. Results are written before the acknowledgement: a crash in between
-        makes the job run again, never vanish.
+        budget. A job whose caller waits gets its reply on the caller's reply list;
+        its result is stored in db 5 under its uuid (legacy clients poll it) as any
+        other job's, unless `store_answered` is off. Answers are written before the
+        acknowledgement: a crash in between makes the job run again, never vanish.
         """
         ids: dict[str, list[bytes]] = {}  # stream tag -> message ids
         lists: dict[bytes, list[bytes]] = {}
-        # One round trip for the whole batch: results in db 5, then, back in the node's
-        # db, the acknowledgement. The connection ends the pipeline where it belongs.
-        pipe = self.db.pipeline(transaction=False)
-        pipe.execute_command("SELECT", RESULT_DB)
+        # Two pipelines, one per db, rather than one switching dbs: a SELECT pair per batch
+        # is two more commands for redis than another round trip costs this process.
+        answers = self.results.pipeline(transaction=False)  # db 5: results, reply lists
         for msg_id, uuid, reply_to, stored, reply in done:
             tag, msg_id = untag_id(msg_id)
             ids.setdefault(tag, []).append(msg_id)
-            if uuid:
-                pipe.set(uuid, stored, ex=self.result_ttl)
-            if reply_to == b"1":  # queued by a node of an older release: a list per request
-                pipe.rpush(self.keys.reply(uuid), reply)
-                pipe.expire(self.keys.reply(uuid), REPLY_TTL_S)
-            elif reply_to and replies.is_reply_list(reply_to, self.keys.reply_lists):
+            waits = bool(reply_to) and replies.is_reply_list(reply_to, self.keys.reply_lists)
+            if waits:
                 lists.setdefault(reply_to, []).append(replies.frame(uuid, reply))
+            if uuid and (self.store_answered or not waits):
+                # Legacy clients poll it; a waiting caller's process stores it instead only
+                # if the caller stopped waiting (`replies.ReplyBox`).
+                answers.set(uuid, stored, ex=self.result_ttl)
+            if reply_to == b"1":  # queued by a node of an older release: a list per request
+                answers.rpush(self.keys.reply(uuid), reply)
+                answers.expire(self.keys.reply(uuid), REPLY_TTL_S)
         now = time.monotonic()
         for key, framed in lists.items():  # one push per waiting process, not per request
-            pipe.rpush(key, *framed)
+            answers.rpush(key, *framed)
             # The TTL only clears the list of a process that died; renewing it now and
             # then is enough while the list is in use.
             if now - self._expired.get(key, -1e9) > replies.LIST_TTL_S / 4:
                 self._expired[key] = now
-                pipe.expire(key, replies.LIST_TTL_S)
+                answers.expire(key, replies.LIST_TTL_S)
         if len(self._expired) > 4096:
             self._expired.clear()
-        pipe.execute_command("SELECT", self.home_db)
+        if len(answers):
+            answers.execute()
+        pipe = self.db.pipeline(transaction=False)  # the node's db: the acknowledgement
         for tag, taken in ids.items():
             pipe.xack(self.keys.stream(fullhash, tag), GROUP, *taken)
             pipe.xdel(self.keys.stream(fullhash, tag), *taken)

@@ -340,6 +340,11 @@ SETTINGS: tuple[Setting, ...] = (
             "shorter than `request.timeout_s` (0: `request.timeout_s` + 5 s).", _non_negative),
     Setting("result.ttl_s", 3600, "int",
             "Seconds a result stays in redis db 5 under its uuid.", _positive),
+    Setting("result.store_answered", True, "bool",
+            "Store every result in redis db 5 under its uuid, also those a waiting caller "
+            "(REST `/detect`, Open Inference Protocol) received in its answer. Off: only "
+            "results nobody waited for (gRPC InferenceLocal/Remote, a caller past its "
+            "time-out) are stored, one redis command less per request."),
     Setting("worker.claim_idle_ms", 30000, "int",
             "A job unacknowledged this long by a worker that is gone is taken over by a "
             "live one (XAUTOCLAIM).", _positive),

@@ -84,7 +84,8 @@ class Worker:
         self.broker = brk.Broker(spec["redis_url"], spec["node"],
                                  result_ttl=int(self.settings["result.ttl_s"]),
                                  prefix=self.settings["redis.key_prefix"],
-                                 shared_inputs=self.settings["fleet.shared_inputs"])
+                                 shared_inputs=self.settings["fleet.shared_inputs"],
+                                 store_answered=self.settings["result.store_answered"])
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
@@ -197,12 +198,13 @@ class Worker:
             for _ in range(15):
                 t0 = time.perf_counter()
                 db.xlen(key)
-                pipe = db.pipeline(transaction=False)
-                pipe.execute_command("SELECT", brk.RESULT_DB)
+                pipe = self.broker.results.pipeline(transaction=False)
                 pipe.set(key, b"r" * 256, ex=5)
                 pipe.rpush(key + ":reply", b"r" * 256)
                 pipe.expire(key + ":reply", 5)
-                pipe.execute_command("SELECT", self.broker.home_db)
+                pipe.execute()
+                pipe = db.pipeline(transaction=False)
+                pipe.xlen(key)
                 pipe.xlen(key)
                 pipe.execute()
                 times.append(time.perf_counter() - t0)
