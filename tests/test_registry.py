@@ -163,3 +163,30 @@ def test_models_once_served_are_remembered_after_their_node_is_gone(redis_url):
     assert registry.last_served("far", "3") is None
     assert registry.last_served("idle") is None  # loaded nowhere: never served
     assert registry.last_served("nowhere") is None
+
+
+def test_consumers_of_nodes_gone_from_the_fleet_are_forgotten_once_they_hold_nothing(
+        redis_url, tmp_path):
+    settings = Settings.load(environ={"AISRV_STORAGE": str(tmp_path)})
+    db = brk.connect(redis_url)
+    broker = brk.Broker(redis_url, "edge-1")
+    node = SimpleNamespace(settings=settings, db=db, name="edge-1", keys=broker.keys, broker=broker,
+                           lock=threading.RLock(), backends={}, stopping=threading.Event(),
+                           outage=brk.Outage("test"))
+    announcer = Announcer(node)
+    NodeRegistry(db).announce({"name": "edge.2", "models": []}, ttl_s=30)  # alive
+    broker.ensure_group("m-1")
+    stream = broker.keys.stream("m-1")
+    for n in range(2):
+        db.xadd(stream, {"uuid": str(n)})
+    db.xreadgroup(brk.GROUP, "dead.box.0.1.0", {stream: ">"}, count=1)  # holds a job
+    db.xreadgroup(brk.GROUP, "dead.box.0.1.1", {stream: ">"}, count=1)
+    db.xack(stream, brk.GROUP, *[r["message_id"] for r in db.xpending_range(
+        stream, brk.GROUP, "-", "+", 10, consumername="dead.box.0.1.1")])  # holds none
+    for name in ("edge-1.0.1.0", "edge.2.0.1.0", "somebody-else"):
+        db.xgroup_createconsumer(stream, brk.GROUP, name)
+
+    assert announcer.tidy_consumers({"m-1"}) == []  # none idle for two TTLs yet
+    assert announcer.tidy_consumers({"m-1"}, idle_ms=0) == ["dead.box.0.1.1"]
+    left = sorted(c["name"].decode() for c in db.xinfo_consumers(stream, brk.GROUP))
+    assert left == ["dead.box.0.1.0", "edge-1.0.1.0", "edge.2.0.1.0", "somebody-else"]

@@ -82,6 +82,12 @@ def batch_size():
                    ("model",), buckets=_BATCH_BUCKETS)
 
 
+def worker_cpu_seconds():
+    return _metric("Counter", "aisrv_worker_cpu_seconds", "CPU time of the inference "
+                   "processes: part `pipeline` (pre, infer, post) and `serving` (the rest: "
+                   "reading jobs, batching, answering, bookkeeping)", ("model", "part"))
+
+
 def worker_restarts():
     return _metric("Counter", "aisrv_worker_restarts", "Inference processes restarted "
                    "after they died or hung", ("model",))

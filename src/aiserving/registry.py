@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: how often resources are measured at most: NVML and the disk are not free to ask
 RESOURCES_EVERY_S = 5.0
+#: how often the consumers of nodes gone from the fleet are looked for
+TIDY_EVERY_S = 60.0
 
 # The live entries, sorted by the caller; names whose entry expired leave the set in
 # the same step, so a node announcing again meanwhile is never dropped from it.
@@ -153,10 +155,15 @@ class Announcer:
         threading.Thread(target=self._probe, name="fleet-probe", daemon=True).start()
         stopping = self.node.stopping
         complaint = ""
+        next_tidy = time.monotonic() + TIDY_EVERY_S
         while not stopping.is_set():
             try:
-                self.registry.announce(self.info(), self.ttl_s)
+                info = self.info()
+                self.registry.announce(info, self.ttl_s)
                 complaint = ""
+                if time.monotonic() >= next_tidy:
+                    next_tidy = time.monotonic() + TIDY_EVERY_S
+                    self.tidy_consumers({m["fullhash"] for m in info["models"]})
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.node.outage.failed(exc)  # the command loop notices it coming back
             except Exception as exc:  # never the end of the heartbeat: the next beat tries again
@@ -169,6 +176,34 @@ class Announcer:
 
     def withdraw(self) -> None:
         self.registry.withdraw(self.node.name)
+
+    def tidy_consumers(self, fullhashes, idle_ms: float | None = None) -> list[str]:
+        """Forget the consumers that nodes gone from the fleet left in the groups of the
+        streams this node reads, once they hold no job (the jobs they held are claimed
+        first: `worker.claim_idle_ms`); returns their names. Nothing depends on it: a
+        group only grows without it."""
+        live = {n["name"] for n in self.registry.nodes()} | {self.node.name}
+        idle_ms = 2 * self.ttl_s * 1000 if idle_ms is None else idle_ms
+        gone = []
+        for fullhash in sorted(fullhashes):
+            for key in self.node.broker.streams(fullhash).values():
+                try:
+                    consumers = self.node.db.xinfo_consumers(key, brk.GROUP)
+                except redis.ResponseError:  # no such stream or group
+                    continue
+                for consumer in consumers:
+                    name = consumer["name"]
+                    name = name.decode() if isinstance(name, bytes) else name
+                    owner = name.rsplit(".", 3)[0] if name.count(".") >= 3 else ""
+                    # "<node>.<bid>.<gen>.<index>": a node's worker; anything else is not ours
+                    if owner and owner not in live and not consumer["pending"] \
+                            and consumer["idle"] >= idle_ms:
+                        self.node.db.xgroup_delconsumer(key, brk.GROUP, name)
+                        gone.append(name)
+        if gone:
+            log.info("forgot %d consumer(s) of nodes gone from the fleet: %s", len(gone),
+                     ", ".join(gone))
+        return gone
 
     def _probe(self) -> None:
         # Blocks until every framework's probe (a child process each) has answered:

@@ -91,6 +91,7 @@ class Worker:
         self._busy = False
         self._held: list = []  # read beyond a full batch (one read spans several streams)
         self._metrics = None
+        self._cpu_mark = 0.0
         self._sample: Item | None = None  # the preheat item, until the tensors are described
         self.tensor_meta: dict | None = None
 
@@ -372,12 +373,15 @@ class Worker:
                     continue
             items.append((msg_id, job, item))
         timings = Timings()
+        cpu_pipeline = 0.0
         try:
             if items:
                 # The node's watchdog: which jobs this batch holds, and since when.
                 write_batch(self.board, [msg_id for msg_id, _, _ in items])
                 self.progress[STARTED] = time.time()
+                cpu0 = time.process_time()
                 timings = pipeline.run([it for _, _, it in items])
+                cpu_pipeline = time.process_time() - cpu0
         finally:
             for path in temp_files:
                 try:
@@ -390,7 +394,7 @@ class Worker:
             rows.append(self._error_row(msg_id, job, error))
         self._finish(rows, sum(brk.inline_size(fields) for _, fields in jobs))
         if items:
-            self._record(t_start, items, timings)
+            self._record(t_start, items, timings, cpu_pipeline)
         if self.profile and items:
             waits = [t_start - float(job.get("t", t_start)) for _, job, _ in items] or [0.0]
             log.info("batch of %d (%d failed): queue wait avg %.1f ms max %.1f ms | pre %.1f ms | "
@@ -398,13 +402,22 @@ class Worker:
                      1000 * sum(waits) / len(waits), 1000 * max(waits), 1000 * timings.pre,
                      1000 * timings.infer, 1000 * timings.post)
 
-    def _record(self, t_start: float, items: list, timings) -> None:
+    def _record(self, t_start: float, items: list, timings, cpu_pipeline: float) -> None:
         if self._metrics is None:  # one model per process: its label lookups, once
-            stages = metrics.stage_seconds()
+            stages, cpu = metrics.stage_seconds(), metrics.worker_cpu_seconds()
             self._metrics = ({s: stages.labels(self.fullhash, s)
                               for s in ("queue", "pre", "infer", "post")},
-                             metrics.batch_size().labels(self.fullhash))
-        stages, batch = self._metrics
+                             metrics.batch_size().labels(self.fullhash),
+                             cpu.labels(self.fullhash, "pipeline"),
+                             cpu.labels(self.fullhash, "serving"))
+            self._cpu_mark = time.process_time()  # the first batch's reading goes uncounted
+        stages, batch, cpu_in, cpu_out = self._metrics
+        # Everything since the last batch was recorded, less the pipeline: what serving
+        # the jobs costs this process (blocked reads cost none).
+        now = time.process_time()
+        cpu_in.inc(cpu_pipeline)
+        cpu_out.inc(max(0.0, now - self._cpu_mark - cpu_pipeline))
+        self._cpu_mark = now
         for _, job, _ in items:
             stages["queue"].observe(max(0.0, t_start - float(job.get("t", t_start))))
         for stage in ("pre", "infer", "post"):
