@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite: from source, then the end-to-end
-# tests again against a freshly built release-pack (the compiled product).
-# With arguments, runs only `pytest <arguments>` from source.
+# Set up .venv and run the whole test suite: the unit and API tests from source
+# (with a smoke of the end-to-end tests: a node started from source), then every
+# end-to-end test against a freshly built release-pack (the compiled product, what
+# devices run). With arguments, runs only `pytest <arguments>` from source.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EXTRA_REQUIREMENTS="-r requirements/test.txt" bash scripts/setup.sh || exit 1
@@ -23,8 +24,10 @@ fi
 
 echo "== building the release-pack"
 .venv/bin/python build_release.py || exit 1
-echo "== the whole suite, from source"
-AISRV_RELEASE_PACK=release-pack run_pytest || exit 1
+echo "== unit and API tests, from source"
+AISRV_RELEASE_PACK=release-pack run_pytest --ignore=tests/e2e || exit 1
+echo "== a node started from source"
+run_pytest tests/e2e/test_rest.py tests/e2e/test_grpc.py || exit 1
 echo "== end-to-end tests against release-pack/run.py"
 AISRV_TEST_RUN_PY=release-pack/run.py run_pytest tests/e2e tests/test_cli.py tests/test_cli_client.py || exit 1
 echo "== all passed"
