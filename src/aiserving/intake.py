@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
 import stat
 import time
+import uuid as uuidlib
 import warnings
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from aiserving.broker import Broker
+from aiserving.broker import Broker, StaleRoute
 from aiserving.errors import InputError, NotReady
+
+ROUTE_TRIES = 4  # routes change only on loads and status changes: a retry or two at most
 
 
 def limit_pixels(max_pixels: int) -> None:
@@ -160,3 +165,27 @@ def submit(broker: Broker, backend: dict, uuid: str, *, path: str = "", image: b
     else:
         fields["path"] = path
     broker.enqueue(serving, fields, version)
+
+
+def ask(broker: Broker, plan: Callable[[bool], tuple[dict, str, dict]], timeout: float,
+        waiting=None) -> tuple[dict, str, bytes | None]:
+    """Route one request, queue it and wait for its reply, as every waiting door does.
+
+    `plan(fresh)` checks the request against a route and returns (route, the routes'
+    version, the job's inputs as `submit` keywords); after a stale route it runs again
+    with `fresh` True, so a reload under load routes again instead of queueing where
+    nobody reads. `waiting`: the door's `WaitingLimit`, if it has one. Returns the
+    route taken, the request's uuid and its reply (None past `timeout` s).
+    """
+    uuid = uuidlib.uuid4().hex
+    for attempt in range(ROUTE_TRIES):
+        route, version, job = plan(attempt > 0)
+        slot = waiting.slot(route.get("serving")) if waiting else contextlib.nullcontext()
+        try:
+            with slot:
+                submit(broker, route, uuid, reply=True, deadline=time.time() + timeout,
+                       version=version, **job)
+                return route, uuid, broker.wait_reply(uuid, timeout)
+        except StaleRoute:
+            continue  # the backend changed since the route was cached: nothing was queued
+    raise NotReady("the node's backends are changing; retry shortly")

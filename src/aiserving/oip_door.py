@@ -20,21 +20,18 @@ one BYTES output holding the post-processing result's JSON text.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import threading
 import time
-import uuid as uuidlib
 
 from aiserving import broker as brk
 from aiserving import metrics, oip
 from aiserving.errors import (AiservingError, InputError, ModelNotFound, NotReady,
                               RequestTimeout)
-from aiserving.intake import check_image_bytes, submit
+from aiserving.intake import ask, check_image_bytes
 from aiserving.registry import FleetKeys, NodeRegistry
 
-_ROUTE_TRIES = 4
 _FLEET_CACHE_S = 1.0  # how stale this process's copy of the fleet's routes may be
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -151,22 +148,16 @@ class OipDoor:
         t0, model, outcome = time.perf_counter(), "", "ok"
         metrics.in_flight().inc()
         try:
-            for attempt in range(_ROUTE_TRIES):
-                route, routes_version = self.find(name, version, fresh=attempt > 0)
+            image_form = False
+
+            def plan(fresh: bool):
+                nonlocal model, image_form
+                route, routes_version = self.find(name, version, fresh=fresh)
                 model = route["serving"]
                 job, image_form = self._job(name, route, inputs, outputs)
-                uuid = uuidlib.uuid4().hex
-                slot = self.waiting.slot(model) if self.waiting else contextlib.nullcontext()
-                try:
-                    with slot:
-                        submit(self.broker, route, uuid, reply=True,
-                               deadline=time.time() + self.timeout, version=routes_version, **job)
-                        reply = self.broker.wait_reply(uuid, self.timeout)
-                    break
-                except brk.StaleRoute:
-                    continue  # the backend changed since the route was cached: route again
-            else:
-                raise NotReady("the node's backends are changing; retry shortly")
+                return route, routes_version, job
+
+            route, _, reply = ask(self.broker, plan, self.timeout, self.waiting)
             if reply is None:
                 raise RequestTimeout(f"no result within {self.timeout:.0f} s")
             return route["oip"]["version"], self._answer(name, reply, outputs, image_form)

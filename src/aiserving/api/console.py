@@ -29,9 +29,9 @@ from aiserving.api.http_common import json_body, opt_str
 from aiserving.api.http_common import json_response as _json
 from aiserving.auth import Guard
 from aiserving.bundle.store import BundleStore
-from aiserving.errors import (AiservingError, BadRequest, BundleError, ModelNotFound, NotReady,
+from aiserving.errors import (AiservingError, BadRequest, BundleError, ModelNotFound,
                               RequestTimeout)
-from aiserving.intake import decode_inline, submit
+from aiserving.intake import ask, decode_inline
 from aiserving.resources import node_resources
 from aiserving.status import BackendState, ProcStatus
 
@@ -53,7 +53,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-_ROUTE_TRIES = 4
 
 
 def is_page(path: str) -> bool:
@@ -140,21 +139,15 @@ def blueprint(settings, broker: brk.Broker, waiting, guard: Guard) -> Blueprint:
         text = body.get("base64")
         if not isinstance(text, str):
             raise BadRequest("field 'base64' (the image, base64-encoded) is required")
-        bid, uuid = opt_str(body, "bid"), uuidlib.uuid4().hex
-        for attempt in range(_ROUTE_TRIES):
-            backend = broker.route(bid or None, fresh=attempt > 0)
+        bid = opt_str(body, "bid")
+
+        def plan(fresh: bool):
+            backend = broker.route(bid or None, fresh=fresh)
             seen["model"] = backend.get("serving") or ""
             image = decode_inline(text, kind, backend, max_input)
-            try:
-                with waiting.slot(backend.get("serving")):
-                    submit(broker, backend, uuid, image=image, kind=kind, reply=True,
-                           deadline=time.time() + timeout, version=backend["version"])
-                    reply = broker.wait_reply(uuid, timeout)
-                break
-            except brk.StaleRoute:
-                continue
-        else:
-            raise NotReady("the node's backends are changing; retry shortly")
+            return backend, backend["version"], {"image": image, "kind": kind}
+
+        backend, uuid, reply = ask(broker, plan, timeout, waiting)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s")
         if reply[:1] == b"E":

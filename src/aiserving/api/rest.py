@@ -27,12 +27,11 @@ from aiserving.api.http_common import json_response as _json
 from aiserving.auth import Guard
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
-from aiserving.intake import check_input_path, limit_pixels, submit
+from aiserving.intake import ask, check_input_path, limit_pixels
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1alpha"
-_ROUTE_TRIES = 4  # routes change only on loads and status changes: a retry or two at most
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -93,21 +92,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not isinstance(path, str) or not path:
             raise BadRequest("field 'path' (absolute path of the input file) is required")
         bid = opt_str(body, "bid")
-        uuid = uuidlib.uuid4().hex
-        for attempt in range(_ROUTE_TRIES):
-            backend = broker.route(bid, fresh=attempt > 0)
+
+        def plan(fresh: bool):
+            backend = broker.route(bid, fresh=fresh)
             seen["model"] = backend.get("serving") or ""
             check_input_path(path, backend, max_input, settings["input.roots"])
-            try:
-                with waiting.slot(backend.get("serving")):
-                    submit(broker, backend, uuid, path=path, reply=True,
-                           deadline=time.time() + timeout, version=backend["version"])
-                    reply = broker.wait_reply(uuid, timeout)
-                break
-            except brk.StaleRoute:
-                continue  # the backend changed since the route was cached: route again
-        else:
-            raise NotReady("the node's backends are changing; retry shortly")
+            return backend, backend["version"], {"path": path}
+
+        _, uuid, reply = ask(broker, plan, timeout, waiting)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
                                  f"under uuid {uuid}")
