@@ -355,6 +355,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Deaths of one inference process within 60 s, while loading or idle, before its "
             "backend is marked failed. Deaths while it runs a batch are charged to the "
             "batch's jobs (`worker.max_deliveries`), not to the backend.", _positive),
+    Setting("worker.overlap_pre", "auto", "str",
+            "Pre-process the next batch in a thread while the current one runs inference: "
+            "`on`, `off`, or `auto` (on where the model runs on an accelerator, GPU or NPU; "
+            "off on the CPU, whose cores the inference processes already keep busy).",
+            lambda v: None if v in ("auto", "on", "off") else "must be auto, on or off"),
     Setting("worker.batch_timeout_s", 0.0, "float",
             "Longest one batch may run (pre, infer, post). Past it the inference process is "
             "killed and restarted, the request it was stuck on is answered with an error "

@@ -136,8 +136,10 @@ class BackendEntry:
         """Processes, threads and the batch cap the preheat measured (None: not yet)."""
         gen = self.serving or self.current
         caps = [p.batch_cap for p in gen.procs if p.batch_cap] if gen else []
+        overlap = [p.overlap_pre for p in gen.procs if p.overlap_pre is not None] if gen else []
         return {"processes": self.inferprocnum, "threads": self.threads,
-                "batchsize": self.batchsize, "batch_cap": min(caps) if caps else None}
+                "batchsize": self.batchsize, "batch_cap": min(caps) if caps else None,
+                "overlap_pre": any(overlap) if overlap else None}
 
     def advance(self) -> None:
         """Move a backend along its lifecycle after its processes changed."""

@@ -113,14 +113,24 @@ class Pipeline:
         self.feed_batched = ext.get("feed_batched")
 
     def run(self, items: list[Item]) -> Timings:
+        return self.complete(items, self.prepare(items))
+
+    def prepare(self, items: list[Item], report: bool = True) -> Timings:
+        """Pre-processing of a batch. `report` False: run beside another batch's
+        inference (`worker.overlap_pre`), whose stages the watchdog follows."""
         t = Timings(items=len(items))
         t0 = time.perf_counter()
         for n, item in enumerate(items):
             item.index = n
             if item.tensors is None:
-                self.on_stage(PRE, n)
+                if report:
+                    self.on_stage(PRE, n)
                 self._pre(item)
         t.pre = time.perf_counter() - t0
+        return t
+
+    def complete(self, items: list[Item], t: Timings) -> Timings:
+        """Inference and post-processing of a prepared batch."""
         ready = [i for i in items if i.error is None and i.tensors is None]
         if ready:
             self._infer_and_post(ready, t)

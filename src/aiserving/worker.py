@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,14 +28,14 @@ from aiserving import batching, metrics, oip
 from aiserving.backends import create_backend
 from aiserving.bundle.store import BundleStore
 from aiserving.bundle.vendor import VendorCode
-from aiserving.errors import AiservingError, InferenceError, ProcessingError, RequestTimeout
+from aiserving.errors import AiservingError
 from aiserving.intake import limit_pixels
+from aiserving.job_batch import JobBatch, Lookahead
 from aiserving.logs import setup_logging
-from aiserving.pipeline import Item, Pipeline, Timings, to_json
+from aiserving.pipeline import Item, Pipeline, Timings
 from aiserving.procutil import die_with_parent
 from aiserving.status import ProcStatus
-from aiserving.worker_link import (EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, temp_prefix,
-                                   write_batch)
+from aiserving.worker_link import EXIT_LOAD_FAILED, INDEX, STAGE, STARTED, write_batch
 
 log = logging.getLogger("aiserving.worker")
 
@@ -61,10 +60,6 @@ def worker_main(spec: dict, conn, stop_event, progress, board) -> None:
 
 #: slots of the shared `progress` array the node's watchdog reads
 _MIN_BATCH_TIMEOUT_S = 10.0
-# What legacy clients polling db 5 find for an Open Inference Protocol request: its
-# tensors went to its caller only.
-_OIP_STORED = (b'{"status":"success","message":"Open Inference Protocol tensors, '
-               b'answered to the caller"}')
 _BATCH_TIMEOUT_FACTOR = 10.0  # x the measured warm-up time of one item, x the batch size
 
 
@@ -90,6 +85,9 @@ class Worker:
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
         self._held: list = []  # read beyond a full batch (one read spans several streams)
+        self._ahead: Lookahead | None = None  # the next batch, pre-processed meanwhile
+        self._reread = False  # a read may have failed after taking jobs
+        self.overlap = False  # pre-process the next batch during inference (run())
         self._metrics = None
         self._cpu_mark = 0.0
         self._sample: Item | None = None  # the preheat item, until the tensors are described
@@ -134,11 +132,17 @@ class Worker:
         self.tensor_meta = self._describe(pipeline)
         if self.settings["batch.autotune"] and self.batchsize > 1:
             self.batchsize = self._tune_batches(pipeline)
+        overlap = self.settings["worker.overlap_pre"]
+        # On the CPU the other processes keep every core busy: a thread more would only
+        # take from them. An accelerator waits for the CPU between batches.
+        self.overlap = overlap == "on" or overlap == "auto" and \
+            not pipeline.backend.device.lower().startswith("cpu")
         metrics.model_load_seconds().labels(self.fullhash).observe(time.monotonic() - t_load)
         self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout, batch_cap=self.batchsize,
-                    tensors=self.tensor_meta)
-        log.info("serving %s on %s, batch size %d, batch deadline %.1f s", self.fullhash,
-                 pipeline.backend.device, self.batchsize, batch_timeout)
+                    tensors=self.tensor_meta, overlap_pre=self.overlap)
+        log.info("serving %s on %s, batch size %d, batch deadline %.1f s%s", self.fullhash,
+                 pipeline.backend.device, self.batchsize, batch_timeout,
+                 ", next batch pre-processed during inference" if self.overlap else "")
         self.serve(pipeline)
         pipeline.backend.unload()
         self.report(ProcStatus.EXITED)
@@ -261,6 +265,17 @@ class Worker:
         group_ready = False
         while True:
             stopping = self.stop_event.is_set()
+            if self._reread:
+                self._reread, own_pending = False, True
+            if self._ahead is not None:  # read and being pre-processed: its turn now
+                ahead, self._ahead = self._ahead, None
+                try:
+                    self._process(pipeline, ahead.batch.jobs, False, ahead)
+                except redis.RedisError as exc:
+                    self.outage.failed(exc)
+                    self._drop_ahead()
+                    group_ready, own_pending, self._held = False, True, []
+                continue
             jobs, redelivered = [], False
             try:
                 if not group_ready:  # at start, and after redis came back (maybe empty)
@@ -314,11 +329,40 @@ class Worker:
             except redis.RedisError as exc:
                 self.outage.failed(exc)
                 # What was read stays pending: read again from there.
+                self._drop_ahead()
                 group_ready, own_pending, self._held = False, True, []
         try:
             b.forget_consumer(self.fullhash, self.consumer)
         except Exception:  # nothing pending is lost either way; this is tidying only
             pass
+
+    def _look_ahead(self, pipeline: Pipeline) -> Lookahead | None:
+        """Read the next batch (what is queued now: no waiting) and start its
+        pre-processing in a thread."""
+        try:
+            jobs = self.broker.read(self.fullhash, self.consumer, self.batchsize, None)
+        except redis.RedisError as exc:
+            # The read may have taken jobs all the same: read this process's pending ones
+            # again once the serving loop is back.
+            self.outage.failed(exc)
+            self._reread = True
+            return None
+        if not jobs:
+            return None
+        if len(jobs) > self.batchsize:
+            jobs, self._held = jobs[:self.batchsize], jobs[self.batchsize:] + self._held
+        batch = JobBatch.admit(jobs, tmp_dir=self.tmp_dir, consumer=self.consumer)
+        return Lookahead(batch, pipeline)
+
+    def _drop_ahead(self) -> None:
+        """Forget a batch read ahead (redis failed: it is read again as pending)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            try:
+                ahead.wait()
+            except Exception:
+                pass
+            ahead.batch.remove_temp_files()
 
     def _fill(self, have: int) -> list:
         """More jobs for the batch, waiting at most max_batch_delay for them.
@@ -340,38 +384,17 @@ class Worker:
             time.sleep(min(left, _POLL_S))
         return more
 
-    def _process(self, pipeline: Pipeline, jobs: list, redelivered: bool) -> None:
+    def _process(self, pipeline: Pipeline, jobs: list, redelivered: bool,
+                 ahead: Lookahead | None = None) -> None:
+        """Run one batch and answer it. `ahead`: the batch, already admitted and being
+        pre-processed beside the last one's inference."""
         self._busy = len(jobs) > 1  # a batch formed: requests are arriving together
         t_start = time.time()
-        items, rows, temp_files = [], [], []
-        poisoned = []
-        now = time.time()
-        for msg_id, fields in jobs:
-            job = {k.decode(): v for k, v in fields.items()}
-            uuid = job.get("uuid", b"").decode()
-            if redelivered and self.broker.deliveries(self.fullhash, msg_id) > self.settings["worker.max_deliveries"]:
-                poisoned.append((msg_id, job, InferenceError(
-                    "this request stopped the inference process several times and was given up")))
-                continue
-            if job.get("deadline") and float(job["deadline"]) < now:
-                # Its caller stopped waiting (and was told so): running it would only
-                # delay the requests behind it.
-                poisoned.append((msg_id, job, RequestTimeout(
-                    "the caller's deadline passed before this request ran; it was dropped")))
-                continue
-            infer_data = {"uuid": uuid, "path": job.get("path", b"").decode()}
-            if job.get("image"):
-                infer_data["path"] = self._temp_image(job["image"], job.get("type", b"").decode())
-                temp_files.append(infer_data["path"])
-            item = Item(infer_data)
-            if job.get("oip"):
-                try:
-                    item.tensors = [t.array(writable=True) for t in oip.unpack(
-                        job["oip"], job.get("tensors", b""))]
-                except AiservingError as exc:
-                    poisoned.append((msg_id, job, exc))
-                    continue
-            items.append((msg_id, job, item))
+        batch = ahead.batch if ahead is not None else JobBatch.admit(
+            jobs, deliveries=(lambda m: self.broker.deliveries(self.fullhash, m))
+            if redelivered else None, max_deliveries=self.settings["worker.max_deliveries"],
+            tmp_dir=self.tmp_dir, consumer=self.consumer)
+        items = batch.items
         timings = Timings()
         cpu_pipeline = 0.0
         try:
@@ -380,19 +403,18 @@ class Worker:
                 write_batch(self.board, [msg_id for msg_id, _, _ in items])
                 self.progress[STARTED] = time.time()
                 cpu0 = time.process_time()
-                timings = pipeline.run([it for _, _, it in items])
-                cpu_pipeline = time.process_time() - cpu0
+                if ahead is not None:
+                    timings, _ = ahead.wait()  # its CPU was counted in the last window
+                else:
+                    timings = pipeline.prepare(batch.pipeline_items)
+                if self.overlap and not redelivered and not self.stop_event.is_set():
+                    self._ahead = self._look_ahead(pipeline)
+                pipeline.complete(batch.pipeline_items, timings)
+                # (the next batch's pre-processing, beside it, is counted with that batch)
+                cpu_pipeline += time.process_time() - cpu0
         finally:
-            for path in temp_files:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-        for msg_id, job, item in items:
-            rows.append(self._row(msg_id, job, item))
-        for msg_id, job, error in poisoned:
-            rows.append(self._error_row(msg_id, job, error))
-        self._finish(rows, sum(brk.inline_size(fields) for _, fields in jobs))
+            batch.remove_temp_files()
+        self._finish(batch.rows(self.tensor_meta), batch.inline_bytes)
         if items:
             self._record(t_start, items, timings, cpu_pipeline)
         if self.profile and items:
@@ -439,38 +461,3 @@ class Worker:
                     log.error("dropping the results of %d job(s): redis is still away", len(rows))
                     return
                 time.sleep(self.outage.backoff())
-
-    def _row(self, msg_id, job: dict, item: Item):
-        if item.error is None and item.tensors is not None:
-            try:
-                reply = oip.encode_reply(oip.name_outputs(item.result, self.tensor_meta))
-            except AiservingError as exc:
-                item.error = exc
-            else:
-                return (msg_id, item.uuid, job.get("reply"), _OIP_STORED, reply)
-        if item.error is None:
-            try:
-                text = to_json(item.result)
-            except (TypeError, ValueError, RecursionError) as exc:
-                item.error = ProcessingError(f"post-processing returned a result that is not "
-                                             f"JSON: {type(exc).__name__}: {exc}")
-            else:
-                return (msg_id, item.uuid, job.get("reply"), text.encode("utf-8"),
-                        brk.encode_result(text))
-        return self._error_row(msg_id, job, item.error)
-
-    @staticmethod
-    def _error_row(msg_id, job: dict, error: AiservingError):
-        return (msg_id, job.get("uuid", b"").decode(), job.get("reply"),
-                brk.failure_text(error), brk.encode_error(error))
-
-    def _temp_image(self, data: bytes, kind: str) -> str:
-        # A private folder and a name of our choosing: never a path built from user input.
-        # The prefix names this process, so the node can remove what it leaves if it dies.
-        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        suffix = "." + kind if kind.isalnum() and len(kind) <= 8 else ""
-        fd, path = tempfile.mkstemp(prefix=temp_prefix(self.consumer), suffix=suffix,
-                                    dir=self.tmp_dir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return path
