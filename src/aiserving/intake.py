@@ -28,7 +28,7 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from aiserving.broker import Broker, StaleRoute
-from aiserving.errors import InputError, NotReady
+from aiserving.errors import AiservingError, InputError, NotReady
 
 ROUTE_TRIES = 4  # routes change only on loads and status changes: a retry or two at most
 
@@ -175,7 +175,8 @@ def ask(broker: Broker, plan: Callable[[bool], tuple[dict, str, dict]], timeout:
     version, the job's inputs as `submit` keywords); after a stale route it runs again
     with `fresh` True, so a reload under load routes again instead of queueing where
     nobody reads. `waiting`: the door's `WaitingLimit`, if it has one. Returns the
-    route taken, the request's uuid and its reply (None past `timeout` s).
+    route taken, the request's uuid and its reply (None past `timeout` s); an error
+    reply is raised as the error it carries.
     """
     uuid = uuidlib.uuid4().hex
     for attempt in range(ROUTE_TRIES):
@@ -185,7 +186,10 @@ def ask(broker: Broker, plan: Callable[[bool], tuple[dict, str, dict]], timeout:
             with slot:
                 submit(broker, route, uuid, reply=True, deadline=time.time() + timeout,
                        version=version, **job)
-                return route, uuid, broker.wait_reply(uuid, timeout)
+                reply = broker.wait_reply(uuid, timeout)
         except StaleRoute:
             continue  # the backend changed since the route was cached: nothing was queued
+        if reply is not None and reply[:1] == b"E":
+            raise AiservingError.from_wire(json.loads(reply[1:]))
+        return route, uuid, reply
     raise NotReady("the node's backends are changing; retry shortly")

@@ -20,7 +20,6 @@ one BYTES output holding the post-processing result's JSON text.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -194,9 +193,7 @@ class OipDoor:
     @staticmethod
     def _answer(name: str, reply: bytes, outputs: list[str] | None,
                 image_form: bool) -> list[oip.Tensor]:
-        kind = reply[:1]
-        if kind == b"E":
-            raise AiservingError.from_wire(json.loads(reply[1:]))
+        kind = reply[:1]  # an error reply was raised by `ask`
         if image_form:
             if kind != b"R":
                 raise AiservingError("the worker answered the image form with tensors")

@@ -86,7 +86,7 @@ class Worker:
         self._busy = False
         self._held: list = []  # read beyond a full batch (one read spans several streams)
         self._ahead: Lookahead | None = None  # the next batch, pre-processed meanwhile
-        self._reread = False  # a read may have failed after taking jobs
+        self._reread = False  # redis failed: read this process's pending jobs again
         self.overlap = False  # pre-process the next batch during inference (run())
         self._metrics = None
         self._cpu_mark = 0.0
@@ -265,16 +265,14 @@ class Worker:
         group_ready = False
         while True:
             stopping = self.stop_event.is_set()
-            if self._reread:
-                self._reread, own_pending = False, True
+            if self._reread:  # redis failed mid-way (or came back without our stream)
+                self._reread, group_ready, own_pending = False, False, True
             if self._ahead is not None:  # read and being pre-processed: its turn now
                 ahead, self._ahead = self._ahead, None
                 try:
                     self._process(pipeline, ahead.batch.jobs, False, ahead)
                 except redis.RedisError as exc:
-                    self.outage.failed(exc)
-                    self._drop_ahead()
-                    group_ready, own_pending, self._held = False, True, []
+                    self._redis_lost(exc)
                 continue
             jobs, redelivered = [], False
             try:
@@ -297,14 +295,11 @@ class Worker:
                                   _DRAIN_BLOCK_MS if stopping else _BLOCK_MS)
                     if jobs and not stopping and len(jobs) < self.batchsize:
                         jobs += self._fill(len(jobs))
-                if not redelivered and len(jobs) > self.batchsize:
-                    jobs, self._held = jobs[:self.batchsize], jobs[self.batchsize:] + self._held
+                if not redelivered:
+                    jobs = self._hold_surplus(jobs)
                 self.outage.ok()
             except redis.RedisError as exc:
-                # Redis went away (or came back without our stream): wait and start over;
-                # jobs already read are still pending in the stream, if it kept them.
-                self.outage.failed(exc)
-                group_ready, own_pending, self._held = False, True, []  # still pending there
+                self._redis_lost(exc)
                 if stopping and self.outage.down_for() > _DRAIN_GRACE_S:
                     break
                 time.sleep(self.outage.backoff())
@@ -327,10 +322,7 @@ class Worker:
                 else:
                     self._process(pipeline, jobs, False)
             except redis.RedisError as exc:
-                self.outage.failed(exc)
-                # What was read stays pending: read again from there.
-                self._drop_ahead()
-                group_ready, own_pending, self._held = False, True, []
+                self._redis_lost(exc)
         try:
             b.forget_consumer(self.fullhash, self.consumer)
         except Exception:  # nothing pending is lost either way; this is tidying only
@@ -342,27 +334,34 @@ class Worker:
         try:
             jobs = self.broker.read(self.fullhash, self.consumer, self.batchsize, None)
         except redis.RedisError as exc:
-            # The read may have taken jobs all the same: read this process's pending ones
-            # again once the serving loop is back.
-            self.outage.failed(exc)
-            self._reread = True
+            self._redis_lost(exc)  # the read may have taken jobs all the same
             return None
         if not jobs:
             return None
-        if len(jobs) > self.batchsize:
-            jobs, self._held = jobs[:self.batchsize], jobs[self.batchsize:] + self._held
-        batch = JobBatch.admit(jobs, tmp_dir=self.tmp_dir, consumer=self.consumer)
+        batch = JobBatch.admit(self._hold_surplus(jobs), tmp_dir=self.tmp_dir,
+                               consumer=self.consumer)
         return Lookahead(batch, pipeline)
 
-    def _drop_ahead(self) -> None:
-        """Forget a batch read ahead (redis failed: it is read again as pending)."""
-        ahead, self._ahead = self._ahead, None
+    def _hold_surplus(self, jobs: list) -> list:
+        """A batch's worth of `jobs`; the rest (one read spans several streams) is held
+        for the next batch."""
+        if len(jobs) > self.batchsize:
+            jobs, self._held = jobs[:self.batchsize], jobs[self.batchsize:] + self._held
+        return jobs
+
+    def _redis_lost(self, exc: Exception) -> None:
+        """Redis failed mid-way: whatever this process read and has not answered is still
+        pending for it there (if redis kept it), so forget the copies held here and read
+        the pending jobs again once redis answers."""
+        self.outage.failed(exc)
+        ahead, self._ahead, self._held = self._ahead, None, []
         if ahead is not None:
             try:
                 ahead.wait()
             except Exception:
                 pass
             ahead.batch.remove_temp_files()
+        self._reread = True
 
     def _fill(self, have: int) -> list:
         """More jobs for the batch, waiting at most max_batch_delay for them.

@@ -286,23 +286,21 @@ def test_path_jobs_stay_with_the_nodes_that_can_read_them_and_inline_ones_spread
                   "a served job was never logged")
             return _served(node)
 
+        def detect_all(paths):
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(front.detect, paths))
+            for path, answer in zip(paths, answers):
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["result"]["path"] == str(path)
+
         # Files only this box is said to have: all run here, though the other node is idle.
         own = [write_image(private / f"own{n}.png", seed=n) for n in range(12)]
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(front.detect, own))
-        for path, answer in zip(own, answers):
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["result"]["path"] == str(path)
+        detect_all(own)
         assert served_after(12, front, 0) == 12
         assert _served(other) == 0, "the other node ran a job naming this node's local file"
 
         # Files in the shared folder: the idle node takes its share.
-        files = [write_image(shared / f"shared{n}.png", seed=n) for n in range(16)]
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(front.detect, files))
-        for path, answer in zip(files, answers):
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["result"]["path"] == str(path)
+        detect_all([write_image(shared / f"shared{n}.png", seed=n) for n in range(16)])
         assert served_after(16, other, 12) > 0, "no shared-folder job ran on the other node"
         after_shared = _served(other)
 

@@ -150,8 +150,6 @@ def blueprint(settings, broker: brk.Broker, waiting, guard: Guard) -> Blueprint:
         backend, uuid, reply = ask(broker, plan, timeout, waiting)
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s")
-        if reply[:1] == b"E":
-            raise AiservingError.from_wire(json.loads(reply[1:]))
         # The result is already JSON text: spliced in, as /detect does.
         answer = (b'{"status":"success","result":' + reply[1:] + b',"uuid":"' + uuid.encode()
                   + b'","bid":' + json.dumps(backend["bid"]).encode() + b'}')

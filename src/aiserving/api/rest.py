@@ -103,8 +103,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         if reply is None:
             raise RequestTimeout(f"no result within {timeout:.0f} s; it will still be stored "
                                  f"under uuid {uuid}")
-        if reply[:1] == b"E":
-            raise AiservingError.from_wire(json.loads(reply[1:]))
         # The result is already JSON text: splice it in rather than parse and re-encode it.
         text = b'{"status":"success","result":' + reply[1:] + b',"message":"","uuid":"' + \
             uuid.encode() + b'"}'
