@@ -70,3 +70,37 @@ def test_the_serving_cost_of_a_batch_is_shared_by_its_items():
     run, clock = _costs({1: 0.010, 2: 0.010, 4: 0.010, 8: 0.010})
     assert batching.measure(run, 8, clock)[0] == 1
     assert batching.measure(run, 8, clock, per_batch=0.02)[0] == 8
+
+
+def test_a_model_cheaper_than_the_request_path_gets_one_process():
+    # Tenths of a millisecond per item: the front, not the model, is what the box runs.
+    assert batching.processes_for(0.0003, 2) == 1
+    assert batching.processes_for(0.00005, 8) == 1
+
+
+def test_a_dear_model_gets_a_process_per_core():
+    assert batching.processes_for(0.018, 2) == 2
+    assert batching.processes_for(0.018, 8) == 8
+
+
+def test_in_between_the_processes_follow_the_models_share_of_the_box():
+    # 0.8 ms model + 0.8 ms elsewhere: half of each request's CPU, half the cores.
+    assert batching.processes_for(batching.REQUEST_PATH_S, 8) == 4
+    assert batching.processes_for(batching.REQUEST_PATH_S, 2) == 1
+    assert batching.processes_for(0.0012, 2) == 2
+    assert batching.processes_for(0.0, 4) == 1
+
+
+def test_a_batch_waits_no_longer_for_more_than_running_it_takes():
+    costs = {1: 0.0005, 2: 0.0004, 4: 0.0003, 8: 0.00025}
+    assert batching.fill_wait(costs, 1, 0.005) == 0.0005
+    assert batching.fill_wait(costs, 3, 0.005) == 3 * 0.0004  # the nearest size measured below
+    assert batching.fill_wait(costs, 8, 0.005) == 8 * 0.00025
+
+
+def test_a_dear_batch_waits_batch_max_delay_at_most():
+    assert batching.fill_wait({1: 0.02}, 1, 0.005) == 0.005
+
+
+def test_unmeasured_batches_wait_batch_max_delay():
+    assert batching.fill_wait({}, 3, 0.005) == 0.005

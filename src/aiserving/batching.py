@@ -1,4 +1,5 @@
-"""How big a batch should get: measured once per inference process, at preheat.
+"""How big a batch should get, and how many processes a model needs: measured once
+per model, at preheat.
 
 Batching pays where the framework's cost per item falls with the batch size (a
 GPU, a model dominated by per-call overhead); on a small CPU a convolutional
@@ -9,6 +10,7 @@ stops growing batches where the cost per item stops falling.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -57,6 +59,35 @@ def measure(run: Callable[[int], None], batchsize: int,
     return cap, table
 
 
+def fill_wait(costs: dict[int, float], held: int, max_delay: float) -> float:
+    """How long a batch of `held` jobs may wait for more: `max_delay`, but no longer
+    than running it takes by the measured `costs` (seconds per item by batch size).
+
+    Waiting longer than that for a cheap model only stalls the callers held, each a
+    client that cannot send its next request: at moderate load batches then lock into
+    step with the slowest client. Unmeasured (`costs` empty): `max_delay`.
+    """
+    sizes = [n for n in costs if n <= held]
+    if not sizes:
+        return max_delay
+    return min(max_delay, held * costs[max(sizes)])
+
+
 def describe(cap: int, table: dict[int, float]) -> str:
     cells = ", ".join(f"{size}: {1000 * cost:.2f} ms" for size, cost in table.items())
     return f"cost per item by batch size: {cells}; batches capped at {cap}"
+
+
+#: CPU seconds one request costs this node besides the model: the front, redis and the
+#: worker's own serving (measured at concurrency 16 on a 2-core x86 box, bench/RESULTS.md).
+#: A model much cheaper than this leaves its process idle most of the time: another
+#: process would only take cores from the front.
+REQUEST_PATH_S = 0.0008
+
+
+def processes_for(item_cost: float, most: int) -> int:
+    """Inference processes a model costing `item_cost` seconds per item needs, out of
+    `most` (one per core): the share of the box it takes at full load, when each
+    request also costs REQUEST_PATH_S elsewhere, in whole processes."""
+    share = item_cost / (item_cost + REQUEST_PATH_S)
+    return max(1, min(most, math.ceil(most * share - 1e-9)))

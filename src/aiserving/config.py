@@ -313,11 +313,15 @@ SETTINGS: tuple[Setting, ...] = (
             lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
     Setting("batch.max_delay_ms", 5.0, "float",
             "Longest time a worker waits for a batch to fill once it holds a job; a lone "
-            "request is never held longer.", _non_negative),
+            "request is never held longer. Where the preheat measured the model "
+            "(`batch.autotune`), a batch waits no longer than running it takes.",
+            _non_negative),
     Setting("backend.inferprocnum", 0, "int",
-            "Default inference processes per backend. 0: chosen from the box, one per core "
-            "up to the legacy limit of 2 (1 on a GPU); the CPU threads per process "
-            "(`backend.threads`, `be.trpy.threads` left 0) then share the cores out.",
+            "Default inference processes per backend. 0: chosen from the box and the model: "
+            "at most one per core up to the legacy limit of 2 (1 on a GPU), as many as the "
+            "model's measured cost per item calls for (one for a model much cheaper than "
+            "the request path); the CPU threads per process (`backend.threads`, "
+            "`be.trpy.threads` left 0) share the cores out among the most.",
             lambda v: None if 0 <= v <= 2 else "must be 0 (automatic), 1 or 2"),
     Setting("batch.autotune", True, "bool",
             "At preheat, time the model at batch 1, 2, 4, ... up to the batch size and cap "

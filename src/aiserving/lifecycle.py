@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from aiserving.batching import processes_for
 from aiserving.bundle.store import Bundle
 from aiserving.status import SWITCH_WORDS, BackendState, ProcStatus
 from aiserving.supervisor import WorkerProcess
@@ -43,10 +44,14 @@ def auto_threads(processes: int) -> int:
 class Generation:
     """The inference processes of one backend serving one model version."""
 
-    def __init__(self, number: int, bundle: Bundle, procs: list[WorkerProcess]):
+    def __init__(self, number: int, bundle: Bundle, procs: list[WorkerProcess],
+                 sized: bool = True):
         self.number = number
         self.bundle = bundle
         self.procs = procs
+        # False while its first process measures the model: the node then starts as
+        # many more as the measurement calls for (Node._size).
+        self.sized = sized
 
     @property
     def failed(self) -> bool:
@@ -55,7 +60,7 @@ class Generation:
 
     @property
     def running(self) -> bool:
-        return all(p.status == ProcStatus.RUNNING for p in self.procs)
+        return self.sized and all(p.status == ProcStatus.RUNNING for p in self.procs)
 
     @property
     def finished(self) -> bool:
@@ -78,12 +83,14 @@ class Generation:
 
 class BackendEntry:
     def __init__(self, bid: str, impl: str, batchsize: int, inferprocnum: int, device: str,
-                 preheat: str):
+                 preheat: str, auto_sized: bool = False):
         self.bid = bid
         self.preheat = preheat
         self.impl = impl
         self.batchsize = batchsize
-        self.inferprocnum = inferprocnum
+        self.inferprocnum = inferprocnum  # the most processes; fewer if auto_sized
+        # Nobody chose the process count: each model gets as many as it measures to need.
+        self.auto_sized = auto_sized
         self.device = device
         self.threads = 0  # CPU threads per process, as the node chose them at the last load
         self.state = BackendState.INITIALIZED
@@ -137,9 +144,24 @@ class BackendEntry:
         gen = self.serving or self.current
         caps = [p.batch_cap for p in gen.procs if p.batch_cap] if gen else []
         overlap = [p.overlap_pre for p in gen.procs if p.overlap_pre is not None] if gen else []
-        return {"processes": self.inferprocnum, "threads": self.threads,
-                "batchsize": self.batchsize, "batch_cap": min(caps) if caps else None,
-                "overlap_pre": any(overlap) if overlap else None}
+        costs = [p.item_cost for p in gen.procs if p.item_cost is not None] if gen else []
+        return {"processes": len(gen.procs) if gen and gen.sized else self.inferprocnum,
+                "threads": self.threads, "batchsize": self.batchsize,
+                "batch_cap": min(caps) if caps else None,
+                "overlap_pre": any(overlap) if overlap else None,
+                # what the preheat measured per item, pipeline and serving; None: not measured
+                "item_ms": round(1000 * min(costs), 4) if costs else None}
+
+    def first_measured(self) -> tuple[int, float | None] | None:
+        """(processes the current generation is to have, the cost per item its first
+        process measured) once that process runs, for a generation started with it
+        alone; None otherwise. Asked once per generation."""
+        gen = self.current
+        if gen is None or gen.sized or gen.failed or gen.procs[0].status != ProcStatus.RUNNING:
+            return None
+        gen.sized = True
+        cost = gen.procs[0].item_cost
+        return (processes_for(cost, self.inferprocnum) if cost else self.inferprocnum), cost
 
     def advance(self) -> None:
         """Move a backend along its lifecycle after its processes changed."""

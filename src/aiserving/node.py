@@ -37,6 +37,7 @@ from aiserving.publication import Publication
 from aiserving.commands import CommandDesk
 from aiserving.registry import Announcer
 from aiserving.saved_state import SavedState
+from aiserving.batching import processes_for
 from aiserving.lifecycle import (LEGACY_MAX_PROCESSES, BackendEntry, Generation, auto_processes,
                                  auto_threads)
 from aiserving.status import BackendState
@@ -77,6 +78,9 @@ class Node:
         # node is stopping: what ran before the stop is what the next start restores.
         self._saving = False
         self._next_gen = 0
+        # Seconds per item measured by a model's first process, by (model, batch size,
+        # most processes): a model loaded again starts all the processes it needs at once.
+        self._item_costs: dict[tuple, float] = {}
         self.stopping = threading.Event()
         self.outage = brk.Outage("node")
         self.publication = Publication(self.db, self.keys, self.outage)
@@ -145,7 +149,7 @@ class Node:
         if type_name not in supported_types():
             raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
                                      f"(supported: {', '.join(supported_types()) or 'none'})")
-        batchsize, inferprocnum = self._limits(
+        batchsize, resolved = self._limits(
             batchsize, inferprocnum,
             device or (self.settings[_DEVICE_SETTING[type_name]]
                        if type_name in _DEVICE_SETTING else ""))
@@ -156,11 +160,13 @@ class Node:
             if not bid:
                 bid = str(self._next_bid)
             self._next_bid = max(self._next_bid, int(bid) + 1 if bid.isdigit() else 0)
-            self.backends[bid] = BackendEntry(bid, impl, batchsize, inferprocnum, device,
-                                              preheat or self.preheat)
+            # Nobody chose how many processes: each model gets as many as it needs.
+            auto_sized = not inferprocnum and not self.settings["backend.inferprocnum"]
+            self.backends[bid] = BackendEntry(bid, impl, batchsize, resolved, device,
+                                              preheat or self.preheat, auto_sized)
             self._publish()
-        log.info("created backend %s (%s, batchsize %d, %d process(es))", bid, impl, batchsize,
-                 inferprocnum)
+        log.info("created backend %s (%s, batchsize %d, %s%d process(es))", bid, impl, batchsize,
+                 "up to " if auto_sized and resolved > 1 else "", resolved)
         return bid
 
     def _limits(self, batchsize: int, inferprocnum: int, device: str = "") -> tuple[int, int]:
@@ -187,10 +193,14 @@ class Node:
                 entry.retired.append(entry.current)
             self._next_gen += 1
             gen_no = self._next_gen
-            procs = [WorkerProcess(self.ctx, self._spec(entry, bundle, gen_no, n),
-                                   self.settings["worker.restart_limit"])
-                     for n in range(entry.inferprocnum)]
-            entry.current = Generation(gen_no, bundle, procs)
+            count, sized = entry.inferprocnum, True
+            if entry.auto_sized and count > 1:
+                # The first process measures the model; the node then starts as many more
+                # as it needs (_size). Known from an earlier load: all of them at once.
+                known = self._item_costs.get(self._cost_key(entry, bundle))
+                count, sized = (processes_for(known, count), True) if known else (1, False)
+            entry.current = Generation(gen_no, bundle, [self._process(entry, bundle, gen_no, n)
+                                                        for n in range(count)], sized)
             entry.state, entry.msg = BackendState.LOADING, ""
             self._publish()
         log.info("backend %s: loading %s (%s)", bid, bundle.fullhash, bundle.record.name)
@@ -310,6 +320,28 @@ class Node:
             raise BackendNotFound(f"no backend {bid!r} on this node")
         return entry
 
+    def _process(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> WorkerProcess:
+        return WorkerProcess(self.ctx, self._spec(entry, bundle, gen, index),
+                             self.settings["worker.restart_limit"])
+
+    @staticmethod
+    def _cost_key(entry: BackendEntry, bundle: Bundle) -> tuple:
+        return bundle.fullhash, entry.batchsize, entry.inferprocnum, entry.device
+
+    def _size(self, entry: BackendEntry) -> None:
+        """Start the rest of a generation's processes once its first measured the model."""
+        sized = entry.first_measured()
+        if sized is None:
+            return
+        count, cost = sized
+        gen = entry.current
+        if cost:
+            self._item_costs[self._cost_key(entry, gen.bundle)] = cost
+        gen.procs += [self._process(entry, gen.bundle, gen.number, n) for n in range(1, count)]
+        log.info("backend %s: %s; %d inference process(es) of up to %d", entry.bid,
+                 f"{1000 * cost:.3f} ms per item measured" if cost else "cost not measured",
+                 count, entry.inferprocnum)
+
     def _spec(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> dict:
         values = self.settings.as_dict()
         # The cores shared out among the backend's processes, unless a setting chose.
@@ -321,6 +353,7 @@ class Node:
             "consumer": f"{self.name}.{entry.bid}.{gen}.{index}",
             "implhash": bundle.record.implhash, "version": bundle.record.version,
             "batchsize": entry.batchsize, "device": entry.device, "preheat": entry.preheat,
+            "measure_cost": entry.auto_sized and entry.inferprocnum > 1,
             # An encrypted model's key reaches the worker through the spawn pipe, never disk.
             "secret": base64.b64encode(bundle.secret).decode() if bundle.encrypted else "",
         }
@@ -359,6 +392,7 @@ class Node:
                         self._answer_hung(p)
                     p.start_if_due(now)
                 for entry in self.backends.values():
+                    self._size(entry)
                     entry.advance()
                 self.orphans = [g for g in self.orphans if not g.finished]
                 self._publish()
@@ -433,7 +467,8 @@ class Node:
             # The model asked for last, unless its load failed: then what still serves.
             gen = e.current if e.current is not None and not e.current.failed else e.serving
             backends.append({"bid": e.bid, "impl": e.impl, "batchsize": e.batchsize,
-                             "inferprocnum": e.inferprocnum, "device": e.device,
+                             "inferprocnum": 0 if e.auto_sized else e.inferprocnum,
+                             "device": e.device,
                              "preheat": "" if e.preheat == self.preheat else e.preheat,
                              "model": gen.bundle.fullhash if gen else None,
                              "encrypted": bool(gen and gen.bundle.encrypted)})

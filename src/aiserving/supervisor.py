@@ -39,6 +39,7 @@ class WorkerProcess:
         self.board = None  # shared: the ids of the batch the process runs
         self.batch_timeout: float | None = None
         self.batch_cap: int | None = None  # what the worker's preheat measured
+        self.item_cost: float | None = None  # seconds per item at that cap, if measured
         self.overlap_pre: bool | None = None  # whether it pre-processes during inference
         self.tensors: dict | None = None  # the model's tensors, as the worker described them
         self.hung: list[str] = []  # jobs to answer with an error before the restart
@@ -91,6 +92,7 @@ class WorkerProcess:
             status, msg = ProcStatus(message["status"]), message.get("msg", "")
             self.batch_timeout = message.get("batch_timeout", self.batch_timeout)
             self.batch_cap = message.get("batch_cap", self.batch_cap)
+            self.item_cost = message.get("item_cost", self.item_cost)
             self.overlap_pre = message.get("overlap_pre", self.overlap_pre)
             self.tensors = message.get("tensors", self.tensors)
             changed |= (status, msg) != (self.status, self.msg)

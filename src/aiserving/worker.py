@@ -84,6 +84,9 @@ class Worker:
         self.tmp_dir = Path(self.settings["storage"]) / "run" / "tmp"
         self.outage = brk.Outage(f"worker {self.consumer}")
         self._busy = False
+        # Seconds per item by batch size, as measured at preheat (batching.py); empty:
+        # not measured, batches wait up to batch.max_delay_ms to fill.
+        self._costs: dict[int, float] = {}
         self._held: list = []  # read beyond a full batch (one read spans several streams)
         self._ahead: Lookahead | None = None  # the next batch, pre-processed meanwhile
         self._reread = False  # redis failed: read this process's pending jobs again
@@ -130,8 +133,10 @@ class Worker:
         batch_timeout = float(self.settings["worker.batch_timeout_s"]) or max(
             _MIN_BATCH_TIMEOUT_S, _BATCH_TIMEOUT_FACTOR * (time.monotonic() - t0) * self.batchsize)
         self.tensor_meta = self._describe(pipeline)
-        if self.settings["batch.autotune"] and self.batchsize > 1:
-            self.batchsize = self._tune_batches(pipeline)
+        item_cost = None
+        tune = self.settings["batch.autotune"] and self.batchsize > 1
+        if tune or self.spec.get("measure_cost"):
+            self.batchsize, item_cost = self._measure(pipeline, tune)
         overlap = self.settings["worker.overlap_pre"]
         # On the CPU the other processes keep every core busy: a thread more would only
         # take from them. An accelerator waits for the CPU between batches.
@@ -139,7 +144,7 @@ class Worker:
             not pipeline.backend.device.lower().startswith("cpu")
         metrics.model_load_seconds().labels(self.fullhash).observe(time.monotonic() - t_load)
         self.report(ProcStatus.RUNNING, batch_timeout=batch_timeout, batch_cap=self.batchsize,
-                    tensors=self.tensor_meta, overlap_pre=self.overlap)
+                    tensors=self.tensor_meta, overlap_pre=self.overlap, item_cost=item_cost)
         log.info("serving %s on %s, batch size %d, batch deadline %.1f s%s", self.fullhash,
                  pipeline.backend.device, self.batchsize, batch_timeout,
                  ", next batch pre-processed during inference" if self.overlap else "")
@@ -158,8 +163,10 @@ class Worker:
         backend.load(bundle, self.spec.get("device") or None)
         return Pipeline(bundle, vendor, backend, on_stage=self._on_stage)
 
-    def _tune_batches(self, pipeline: Pipeline) -> int:
-        """The batch cap from timing this pipeline on the preheat input (batching.py)."""
+    def _measure(self, pipeline: Pipeline, tune: bool) -> tuple[int, float | None]:
+        """(batch cap, seconds per item at it) from timing this pipeline on the preheat
+        input (batching.py); `tune` False: batch 1 only, the batch size stays as set.
+        The cost is None where the preheat input does not run in batches."""
         path = str(pipeline.bundle.preheat_file() or self.spec["preheat"])
         failed = []
 
@@ -174,25 +181,32 @@ class Worker:
         run_dir = Path(self.settings["storage"]) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         threads = self.settings["be.trpy.threads"] or self.settings["backend.threads"]
-        known = run_dir / f"tune-{self.fullhash}-{self.batchsize}-{threads}.json"
+        limit = self.batchsize if tune else 1
+        known = run_dir / f"tune-{self.fullhash}-{limit}-{threads}.json"
         with open(run_dir / "tune.lock", "a") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
             try:
-                cap = int(json.loads(known.read_text())["cap"])
+                found = json.loads(known.read_text())
+                cap, cost = (int(found["cap"]) if tune else self.batchsize), found["cost"]
+                self._costs = {int(n): c for n, c in found["table"].items()}
                 log.info("%s: batches capped at %d, as measured by this backend's first "
                          "process", self.fullhash, cap)
-                return cap
+                return cap, cost
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-            cap, table = batching.measure(run, self.batchsize,
-                                          per_batch=self._batch_overhead())
+            cap, table = batching.measure(run, limit, per_batch=self._batch_overhead())
             if failed:  # the preheat input does not batch: leave the batch size as set
                 log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
                             self.batchsize)
-                return self.batchsize
-            known.write_text(json.dumps({"cap": cap}))
-        log.info("%s: %s", self.fullhash, batching.describe(cap, table))
-        return cap
+                return self.batchsize, None
+            known.write_text(json.dumps({"cap": cap, "cost": table[cap], "table": table}))
+        self._costs = table
+        if tune:
+            log.info("%s: %s", self.fullhash, batching.describe(cap, table))
+            return cap, table[cap]
+        log.info("%s: %.3f ms per item at batch 1 (batches not measured: batch.autotune)",
+                 self.fullhash, 1000 * table[1])
+        return self.batchsize, table[1]
 
     def _batch_overhead(self) -> float:
         """Seconds a batch costs besides its pipeline: taking it from redis and answering
@@ -364,18 +378,20 @@ class Worker:
         self._reread = True
 
     def _fill(self, have: int) -> list:
-        """More jobs for the batch, waiting at most max_batch_delay for them.
+        """More jobs for the batch, waiting at most batch.max_delay_ms for them, and no
+        longer than running the batch held takes (batching.fill_wait).
 
         Polls instead of a short blocking read: redis resolves blocking time-outs
         only at its `hz` tick (100 ms by default), which would hold a lone
         request that long.
         """
         more: list = []
-        deadline = time.monotonic() + self.max_delay
+        start = time.monotonic()
         while have + len(more) < self.batchsize:
             more += self.broker.read(self.fullhash, self.consumer,
                                      self.batchsize - have - len(more), None)
-            left = deadline - time.monotonic()
+            left = start + batching.fill_wait(self._costs, have + len(more), self.max_delay) \
+                - time.monotonic()
             if left <= 0 or (not self._busy and not more):
                 # Past the delay, or quiet traffic: nothing else is queued, so waiting
                 # would only add latency.
