@@ -13,7 +13,6 @@ stuck process held, and keeps what it runs in the saved state for a restart.
 
 from __future__ import annotations
 
-import base64
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -37,9 +36,8 @@ from aiserving.publication import Publication
 from aiserving.commands import CommandDesk
 from aiserving.registry import Announcer
 from aiserving.saved_state import SavedState
-from aiserving.batching import processes_for
-from aiserving.lifecycle import (LEGACY_MAX_PROCESSES, BackendEntry, Generation, auto_processes,
-                                 auto_threads)
+from aiserving.spawner import Spawner
+from aiserving.lifecycle import LEGACY_MAX_PROCESSES, BackendEntry, Generation, auto_processes
 from aiserving.status import BackendState
 from aiserving.supervisor import WorkerProcess
 
@@ -67,7 +65,7 @@ class Node:
                                  prefix=settings["redis.key_prefix"],
                                  shared_inputs=settings["fleet.shared_inputs"])
         self.keys = self.broker.keys
-        self.ctx = mp.get_context("spawn")
+        self.spawner = Spawner(mp.get_context("spawn"), settings, redis_url, self.name)
         self.lock = threading.RLock()
         self.backends: dict[str, BackendEntry] = {}
         self.orphans: list[Generation] = []  # generations of terminated backends, draining
@@ -78,9 +76,6 @@ class Node:
         # node is stopping: what ran before the stop is what the next start restores.
         self._saving = False
         self._next_gen = 0
-        # Seconds per item measured by a model's first process, by (model, batch size,
-        # most processes): a model loaded again starts all the processes it needs at once.
-        self._item_costs: dict[tuple, float] = {}
         self.stopping = threading.Event()
         self.outage = brk.Outage("node")
         self.publication = Publication(self.db, self.keys, self.outage)
@@ -193,14 +188,7 @@ class Node:
                 entry.retired.append(entry.current)
             self._next_gen += 1
             gen_no = self._next_gen
-            count, sized = entry.inferprocnum, True
-            if entry.auto_sized and count > 1:
-                # The first process measures the model; the node then starts as many more
-                # as it needs (_size). Known from an earlier load: all of them at once.
-                known = self._item_costs.get(self._cost_key(entry, bundle))
-                count, sized = (processes_for(known, count), True) if known else (1, False)
-            entry.current = Generation(gen_no, bundle, [self._process(entry, bundle, gen_no, n)
-                                                        for n in range(count)], sized)
+            entry.current = self.spawner.generation(entry, bundle, gen_no)
             entry.state, entry.msg = BackendState.LOADING, ""
             self._publish()
         log.info("backend %s: loading %s (%s)", bid, bundle.fullhash, bundle.record.name)
@@ -320,44 +308,6 @@ class Node:
             raise BackendNotFound(f"no backend {bid!r} on this node")
         return entry
 
-    def _process(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> WorkerProcess:
-        return WorkerProcess(self.ctx, self._spec(entry, bundle, gen, index),
-                             self.settings["worker.restart_limit"])
-
-    @staticmethod
-    def _cost_key(entry: BackendEntry, bundle: Bundle) -> tuple:
-        return bundle.fullhash, entry.batchsize, entry.inferprocnum, entry.device
-
-    def _size(self, entry: BackendEntry) -> None:
-        """Start the rest of a generation's processes once its first measured the model."""
-        sized = entry.first_measured()
-        if sized is None:
-            return
-        count, cost = sized
-        gen = entry.current
-        if cost:
-            self._item_costs[self._cost_key(entry, gen.bundle)] = cost
-        gen.procs += [self._process(entry, gen.bundle, gen.number, n) for n in range(1, count)]
-        log.info("backend %s: %s; %d inference process(es) of up to %d", entry.bid,
-                 f"{1000 * cost:.3f} ms per item measured" if cost else "cost not measured",
-                 count, entry.inferprocnum)
-
-    def _spec(self, entry: BackendEntry, bundle: Bundle, gen: int, index: int) -> dict:
-        values = self.settings.as_dict()
-        # The cores shared out among the backend's processes, unless a setting chose.
-        key = "be.trpy.threads" if entry.type_name == "pytorch" else "backend.threads"
-        entry.threads = values[key] = values[key] or auto_threads(entry.inferprocnum)
-        return {
-            "settings": values, "redis_url": self.redis_url, "node": self.name,
-            "bid": entry.bid, "gen": gen, "index": index,
-            "consumer": f"{self.name}.{entry.bid}.{gen}.{index}",
-            "implhash": bundle.record.implhash, "version": bundle.record.version,
-            "batchsize": entry.batchsize, "device": entry.device, "preheat": entry.preheat,
-            "measure_cost": entry.auto_sized and entry.inferprocnum > 1,
-            # An encrypted model's key reaches the worker through the spawn pipe, never disk.
-            "secret": base64.b64encode(bundle.secret).decode() if bundle.encrypted else "",
-        }
-
     def _all_generations(self) -> list[Generation]:
         with self.lock:
             gens = [g for e in self.backends.values() for g in e.generations()]
@@ -392,7 +342,7 @@ class Node:
                         self._answer_hung(p)
                     p.start_if_due(now)
                 for entry in self.backends.values():
-                    self._size(entry)
+                    self.spawner.grow(entry)
                     entry.advance()
                 self.orphans = [g for g in self.orphans if not g.finished]
                 self._publish()
