@@ -275,6 +275,25 @@ def _stage_totals(node) -> tuple[float, float]:
     return staged, items
 
 
+def _measured_load(node, stats, images, clients: int, seconds: float, bid: str) -> dict:
+    """One closed-loop run against the node, with the CPU each part of it took."""
+    staged0, items0 = _stage_totals(node)
+    before = _cpu_by_kind(node)
+    commands = stats.info("stats")["total_commands_processed"]
+    row = load(node.port, images, clients, seconds, bid)
+    after = _cpu_by_kind(node)
+    staged1, items1 = _stage_totals(node)
+    # The workers' CPU outside pre/infer/post, per item (as they measure it).
+    row["worker_overhead_ms"] = 1000 * (staged1 - staged0) / max(1.0, items1 - items0)
+    # (the INFO call itself and the node's heartbeat are in it too: a few per second)
+    row["commands"] = (stats.info("stats")["total_commands_processed"] - commands) / \
+        row["requests"]
+    row["clients"] = clients
+    row["cpu_ms"] = {k: 1000 * (after.get(k, 0) - before.get(k, 0)) / row["requests"]
+                     for k in ("front", "daemon", "redis", "workers")}
+    return row
+
+
 def node_runs(storage: Path, bundle, images, seconds: float,
               env: dict | None = None, repeat: int = 3) -> tuple[list[dict], dict, tuple]:
     # The product's defaults (none of the fixed sizes the test suite pins), but what
@@ -293,24 +312,8 @@ def node_runs(storage: Path, bundle, images, seconds: float,
 
         stats = redis.Redis(port=node.redis_port)
         for clients in (1, 8, 16):
-            runs = []
-            for _ in range(repeat):
-                staged0, items0 = _stage_totals(node)
-                before = _cpu_by_kind(node)
-                commands = stats.info("stats")["total_commands_processed"]
-                row = load(node.port, images, clients, seconds, bid)
-                after = _cpu_by_kind(node)
-                staged1, items1 = _stage_totals(node)
-                # The workers' CPU outside pre/infer/post, per item (as they measure it).
-                row["worker_overhead_ms"] = 1000 * (staged1 - staged0) / max(1.0,
-                                                                             items1 - items0)
-                # (the INFO call itself and the node's heartbeat are in it too: a few a second)
-                row["commands"] = (stats.info("stats")["total_commands_processed"] -
-                                   commands) / row["requests"]
-                row["clients"] = clients
-                row["cpu_ms"] = {k: 1000 * (after.get(k, 0) - before.get(k, 0)) /
-                                 row["requests"] for k in ("front", "daemon", "redis", "workers")}
-                runs.append(row)
+            runs = [_measured_load(node, stats, images, clients, seconds, bid)
+                    for _ in range(repeat)]
             # The run of median throughput, whole: this VM's speed drifts between runs.
             rows.append(sorted(runs, key=lambda r: r["rate"])[len(runs) // 2])
         return rows, sizing, idle
@@ -372,7 +375,7 @@ def main() -> None:
         key, _, value = pair.partition("=")
         env["AISRV_" + key.upper().replace(".", "_")] = value
     cores = os.cpu_count() or 1
-    lines = [f"# Benchmark results\n",
+    lines = ["# Benchmark results\n",
              f"Machine: {platform.processor() or platform.machine()}, {cores} cores, "
              f"{psutil.virtual_memory().total / 2 ** 30:.1f} GiB, Python "
              f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. Command: "

@@ -50,7 +50,7 @@ class Generation:
         self.bundle = bundle
         self.procs = procs
         # False while its first process measures the model: the node then starts as
-        # many more as the measurement calls for (Node._size).
+        # many more as the measurement calls for (Spawner.grow).
         self.sized = sized
 
     @property

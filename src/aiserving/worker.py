@@ -187,26 +187,23 @@ class Worker:
             fcntl.flock(held, fcntl.LOCK_EX)
             try:
                 found = json.loads(known.read_text())
-                cap, cost = (int(found["cap"]) if tune else self.batchsize), found["cost"]
-                self._costs = {int(n): c for n, c in found["table"].items()}
+                cap, table = int(found["cap"]), {int(n): c for n, c in found["table"].items()}
                 log.info("%s: batches capped at %d, as measured by this backend's first "
-                         "process", self.fullhash, cap)
-                return cap, cost
+                         "process", self.fullhash, cap if tune else self.batchsize)
             except (OSError, ValueError, KeyError, TypeError):
-                pass
-            cap, table = batching.measure(run, limit, per_batch=self._batch_overhead())
-            if failed:  # the preheat input does not batch: leave the batch size as set
-                log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
-                            self.batchsize)
-                return self.batchsize, None
-            known.write_text(json.dumps({"cap": cap, "cost": table[cap], "table": table}))
+                cap, table = batching.measure(run, limit, per_batch=self._batch_overhead())
+                if failed:  # the preheat input does not batch: leave the batch size as set
+                    log.warning("batch sizes not measured (%s); batches up to %d", failed[0],
+                                self.batchsize)
+                    return self.batchsize, None
+                known.write_text(json.dumps({"cap": cap, "table": table}))
+                if tune:
+                    log.info("%s: %s", self.fullhash, batching.describe(cap, table))
+                else:
+                    log.info("%s: %.3f ms per item at batch 1 (batches not measured: "
+                             "batch.autotune)", self.fullhash, 1000 * table[1])
         self._costs = table
-        if tune:
-            log.info("%s: %s", self.fullhash, batching.describe(cap, table))
-            return cap, table[cap]
-        log.info("%s: %.3f ms per item at batch 1 (batches not measured: batch.autotune)",
-                 self.fullhash, 1000 * table[1])
-        return self.batchsize, table[1]
+        return (cap if tune else self.batchsize), table[cap]
 
     def _batch_overhead(self) -> float:
         """Seconds a batch costs besides its pipeline: taking it from redis and answering

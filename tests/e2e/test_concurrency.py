@@ -4,9 +4,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-from tests.support.bundles import reference, write_bundle, write_image
+from tests.support.bundles import checked_results, write_bundle, write_image
 
 
 def test_fifty_concurrent_requests_get_their_own_results(storage, tmp_path, start_node):
@@ -18,13 +16,7 @@ def test_fifty_concurrent_requests_get_their_own_results(storage, tmp_path, star
     node.wait_switch()
     with ThreadPoolExecutor(50) as pool:
         answers = list(pool.map(node.detect, images))
-    uuids = set()
-    for path, answer in zip(images, answers):
-        assert answer.status_code == 200, answer.text
-        result = answer.json()["result"]
-        assert result["path"] == str(path)
-        np.testing.assert_allclose(result["scores"], reference(bundle, path), rtol=1e-4, atol=1e-5)
-        uuids.add(answer.json()["uuid"])
+    uuids = {body["uuid"] for body in checked_results(bundle, images, answers)}
     assert len(uuids) == 50
     def sizes():
         return [int(n) for n in re.findall(r"batch of (\d+)", node.log())]

@@ -1,11 +1,12 @@
-"""Workers sized from the box by default, each choice reported and overridable."""
+"""Workers sized from the box and the model by default, each choice reported and overridable."""
 
 from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
-from tests.support.bundles import write_bundle, write_image
+from tests.support.bundles import checked_results, write_bundle, write_image
 
 CORES = os.cpu_count() or 1
 
@@ -130,12 +131,6 @@ def post_dataprocess(post_frame):
 
 
 def test_overlap_pre_processes_the_next_batch_during_inference(storage, start_node, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
-    from tests.support.bundles import reference, write_image
-
     bundle = write_bundle(storage, name="tiny", seed=24, pre=_PRE_SAYS_THREAD,
                           post=_POST_SAYS_THREAD)
     node = start_node(storage, env={"AISRV_WORKER_OVERLAP_PRE": "on", "AISRV_BATCH_SIZE": "2",
@@ -148,14 +143,7 @@ def test_overlap_pre_processes_the_next_batch_during_inference(storage, start_no
     images = [write_image(tmp_path / f"img{n}.png", seed=n) for n in range(24)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(node.detect, images))
-    threads = set()
-    for path, answer in zip(images, answers):
-        assert answer.status_code == 200, answer.text
-        result = answer.json()["result"]
-        assert result["path"] == str(path)
-        np.testing.assert_allclose(result["scores"], reference(bundle, path), rtol=1e-4,
-                                   atol=1e-5)
-        threads.add(result["thread"])
+    threads = {body["result"]["thread"] for body in checked_results(bundle, images, answers)}
     # Batches queued behind a running one were pre-processed beside its inference.
     assert "pre-ahead" in threads, threads
     # Nothing left behind in the queue.

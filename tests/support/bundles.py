@@ -137,6 +137,20 @@ def reference(bundle, image_path: Path, grey: bool = False) -> list[float]:
         return model(torch.from_numpy(array[None]))[0].tolist()
 
 
+def checked_results(bundle, images: list[Path], answers) -> list[dict]:
+    """The JSON bodies of `/detect` answers, one per image, each checked: 200, the
+    image's own path, plain torch's scores for it."""
+    bodies = []
+    for path, answer in zip(images, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["result"]["path"] == str(path)
+        np.testing.assert_allclose(body["result"]["scores"], reference(bundle, path), rtol=1e-4,
+                                   atol=1e-5)
+        bodies.append(body)
+    return bodies
+
+
 def expected_result(bundle, image_path: Path) -> dict:
     """What POST_FRAME_PY answers for one image: plain torch's scores, best label and name."""
     scores = reference(bundle, image_path)
