@@ -314,7 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch.max_delay_ms", 5.0, "float",
             "Longest time a worker waits for a batch to fill once it holds a job; a lone "
             "request is never held longer. Where the preheat measured the model "
-            "(`batch.autotune`), a batch waits no longer than running it takes.",
+            "(`batch.autotune`, or an automatic process count), a batch waits no longer "
+            "than running it takes.",
             _non_negative),
     Setting("backend.inferprocnum", 0, "int",
             "Default inference processes per backend. 0: chosen from the box and the model: "
