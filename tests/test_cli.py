@@ -87,6 +87,26 @@ def test_a_signal_stops_everything_the_node_started(storage, sig):
     assert not (storage / "run" / "redis.sock").exists()
 
 
+def test_the_health_command_asks_the_port_the_settings_name(storage, tmp_path):
+    """`run.py health` (the images' HEALTHCHECK) follows AISRV_HTTP_PORT and settings.py."""
+    node = NodeProcess(storage).start()
+    try:
+        done = run_py("health", env={"AISRV_HTTP_PORT": str(node.port)})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"healthy: http://127.0.0.1:{node.port}/healthz"
+        settings = tmp_path / "box.py"
+        settings.write_text(f"settings = {{'http.host': '0.0.0.0', 'http.port': {node.port}}}\n")
+        done = run_py("health", "--settings", str(settings))
+        assert done.returncode == 0, done.stderr
+        idle = free_port()
+        done = run_py("health", "--timeout", "2", env={"AISRV_HTTP_PORT": str(idle)})
+        assert done.returncode == 1
+        assert f"unhealthy: http://127.0.0.1:{idle}/healthz" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        node.stop()
+
+
 def test_the_demo_command_serves_the_demo_model(tmp_path):
     node = NodeProcess(tmp_path / "storage", args=["--demo"]).start(timeout=180)
     try:

@@ -161,9 +161,8 @@ class Appliance:
         cmd.append("aiserving.api.rest:create_app()")
         self.front = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                       start_new_session=True, preexec_fn=die_with_parent)
-        host = "127.0.0.1" if s["http.host"] in ("0.0.0.0", "", "[::]", "::") else s["http.host"]
+        url = s.local_rest_url + "/healthz"
         scheme = "http" if self.tls is None else "https"
-        url = f"{scheme}://{host}:{s['http.port']}/healthz"
         probe = None
         if self.tls is not None:
             # Our own front on this box, asked only whether it answers: the certificate

@@ -127,6 +127,16 @@ def device_key(**options) -> None:
     _run(cmd_device_key, **options)
 
 
+@cli.command(context_settings=_CONTEXT,
+             help="exit 0 when this box's node answers GET /healthz on the port its settings "
+             "name, 1 when not (the images' HEALTHCHECK runs it)")
+@_settings_option()
+@click.option("--timeout", type=float, default=4.0, show_default=True,
+              help="seconds to wait for the answer")
+def health(**options) -> None:
+    _run(cmd_health, **options)
+
+
 def _load_settings(args, overrides=None) -> Settings:
     overrides = dict(overrides or {})
     settings = Settings.load(getattr(args, "settings", None), overrides)
@@ -182,10 +192,9 @@ def _announce_demo(samples):
                 return
             time.sleep(0.2)
         s = appliance.settings
-        host = "127.0.0.1" if s["http.host"] in ("0.0.0.0", "[::]", "::") else s["http.host"]
         body = json.dumps({"path": str(samples / "circle.jpg")})
         print(f"\nThe demo model is loaded. Ask it what the sample image shows:\n\n"
-              f"  curl -s -X POST {'https' if s['tls.cert'] else 'http'}://{host}:{s['http.port']}"
+              f"  curl -s -X POST {s.local_rest_url}"
               f"/api/v1alpha/detect {'--cacert ' + s['tls.cert'] + ' ' if s['tls.cert'] else ''}"
               f"-H 'Content-Type: application/json' -d '{body}'\n\n"
               f"(more samples in {samples}; Ctrl-C stops the node)\n", flush=True)
@@ -227,6 +236,39 @@ def cmd_check_bundle(args) -> int:
 
 def cmd_settings_table(args) -> int:
     print(settings_table())
+    return 0
+
+
+def cmd_health(args) -> int:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        url = Settings.load(args.settings).local_rest_url + "/healthz"
+    except ConfigError as exc:
+        print(f"unhealthy: {exc.message}", file=sys.stderr)
+        return 1
+    probe = None
+    if url.startswith("https:"):
+        # Our own node on this box, asked only whether it answers: its certificate may name
+        # the device, not the loopback address.
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=probe) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"unhealthy: {url}: {reason}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
+        return 1
+    print(f"healthy: {url}")
     return 0
 
 

@@ -98,14 +98,10 @@ def _target(node_url, grpc_address, token, cacert, cert, key, timeout, settings_
     if node_url:
         url = node_url if "://" in node_url else f"http://{node_url}"
     else:
-        s = settings()
-        host = s["http.host"]
-        if host in ("0.0.0.0", "::", "[::]", ""):
-            host = "127.0.0.1"
-        scheme = "https" if s["tls.cert"] else "http"
-        if scheme == "https" and host == "127.0.0.1":
-            host = "localhost"  # the name a node's own certificate most likely carries
-        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{s['http.port']}"
+        url = settings().local_rest_url
+        if url.startswith("https://127.0.0.1:"):
+            # the name a node's own certificate most likely carries
+            url = url.replace("127.0.0.1", "localhost", 1)
     if grpc_address:
         address = grpc_address
     elif node_url:

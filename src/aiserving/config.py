@@ -442,6 +442,18 @@ class Settings:
         return max(float(self._values["shutdown.grace_s"]) or timeout + 5.0, timeout)
 
     @property
+    def local_rest_url(self) -> str:
+        """The REST door as a client on this box reaches it: a wildcard bind address is
+        asked on loopback; https where the node has a certificate."""
+        host = self._values["http.host"]
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        scheme = "https" if self._values["tls.cert"] else "http"
+        return f"{scheme}://{host}:{self._values['http.port']}"
+
+    @property
     def redis_url(self) -> str | None:
         """The configured external redis as one URL (`redis_target`), or None for the
         embedded one."""

@@ -97,6 +97,21 @@ def test_rest_serves_https_only(node):
     assert "REST front listening on https://" in node.log()
 
 
+def test_the_health_command_asks_the_https_door(node):
+    """The images' HEALTHCHECK (`run.py health`) finds a TLS node where its settings say."""
+    env = {k: v for k, v in node.env.items() if k != "AISRV_SETTINGS"}
+    ask = [sys.executable, str(RUN_PY), "health"]
+    done = subprocess.run(ask, env={**env, "AISRV_HTTP_PORT": str(node.port)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"healthy: https://127.0.0.1:{node.port}/healthz" in done.stdout
+    plain = {k: v for k, v in env.items() if not k.startswith("AISRV_TLS_")}
+    done = subprocess.run(ask, env={**plain, "AISRV_HTTP_PORT": str(node.port)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1  # plain HTTP to an HTTPS door is no answer
+    assert f"unhealthy: http://127.0.0.1:{node.port}/healthz" in done.stderr
+
+
 def test_a_client_that_never_says_hello_is_dropped(node):
     """The TLS handshake is bounded by http.read_timeout_s like any other read, so silent
     connections cannot hold the front's connection slots."""
