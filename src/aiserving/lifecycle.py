@@ -111,8 +111,15 @@ class BackendEntry:
         """What the node publishes; read by the REST front and the gRPC servicers."""
         gen = self.current
         status = {"state": int(self.state)}
+        # Legacy clients send as soon as process "0" says running (the contract's 4): a
+        # generation still starting its other processes takes no traffic yet, so its
+        # running ones say preheating until it does.
+        ready = gen is not None and (gen is self.serving or gen.running)
         for n, p in enumerate(gen.procs if gen else []):
-            status[str(n)] = int(p.status)
+            shown = p.status
+            if shown == ProcStatus.RUNNING and not ready:
+                shown = ProcStatus.PREHEATING
+            status[str(n)] = int(shown)
         record = gen.bundle.record.to_dict() if gen else None
         # "loaded" once every process runs (the model then takes traffic); until then,
         # the first one still on its way (or failed) tells.

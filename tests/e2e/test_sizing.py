@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.bundles import checked_results, write_bundle, write_image
+from tests.support.grpc_client import Client, backend_pb2, inference_pb2, model_info
 
 CORES = os.cpu_count() or 1
 
@@ -64,6 +66,35 @@ def test_a_dear_model_gets_one_process_per_core(storage, start_node):
     node.wait_switch(bid)
     assert _sizing(node, bid)["processes"] == processes
     assert len(re.findall(r"ms per item at batch 1", node.log())) == 1
+
+
+def test_a_legacy_client_may_send_once_process_0_says_running(storage, start_node, tmp_path):
+    """ListBackend's "0" == 4 is the contract's "ready": while a measured backend starts its
+    other processes (it takes no traffic yet), "0" must not say 4."""
+    bundle = write_bundle(storage, name="slow", seed=26, delay=0.02)
+    image = write_image(tmp_path / "one.png", seed=2)
+    node = start_node(storage, env={"AISRV_BACKEND_INFERPROCNUM": None,
+                                    "AISRV_BATCH_AUTOTUNE": "false", "AISRV_BATCH_SIZE": "4"})
+    client = Client(node)
+    try:
+        made = client.backend.InitializeBackend(backend_pb2.BackendInfo(impl=bundle.record.impl))
+        assert made.code == 0, made.msg
+        reply = client.backend.ReloadModelOnBackend(backend_pb2.LoadRequest(
+            bid=made.msg, model=model_info(bundle.record)))
+        assert reply.code == 0, reply.msg
+        seen = []
+        while not seen or seen[-1].get("0") != 4:  # as field clients poll
+            seen.append(json.loads(client.backend.ListBackend(
+                backend_pb2.BackendInfo(bid=made.msg)).status))
+            assert seen[-1].get("0") not in (6, 7), seen[-1]
+        sent = client.inference.InferenceLocal(inference_pb2.InferRequest(
+            bid=made.msg, uuid="first-one", path=str(image)))
+        assert (sent.code, sent.msg) == (0, "first-one"), (sent, seen[-3:])
+        assert "scores" in client.wait_result("first-one")
+        if CORES > 1:  # both processes run by then: the generation took traffic
+            assert seen[-1].get("1") == 4, seen[-1]
+    finally:
+        client.close()
 
 
 def test_a_chosen_process_count_is_kept_whatever_the_model_costs(storage, start_node):
