@@ -94,7 +94,8 @@ echo "== the pack's node, run as uid 10001 in the root filesystem, and the devic
 in_root sh -c 'id aiserving >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir /var/lib/aiserving --shell /usr/sbin/nologin aiserving'
 STORAGE=$ROOTFS/var/lib/aiserving/storage
 rm -rf "$STORAGE"
-.venv/bin/python scripts/device_smoke.py prepare --storage "$STORAGE"
+.venv/bin/python scripts/device_smoke.py prepare --storage "$STORAGE" 2> "$WORK/prepare.err" \
+  || { tail -20 "$WORK/prepare.err" >&2; die "the smoke's bundles could not be made."; }
 chown -R 10001:10001 "$ROOTFS/var/lib/aiserving"
 HTTP_PORT=$(free_port); GRPC_PORT=$(free_port); OIP_PORT=$(free_port); REDIS_PORT=$(free_port)
 chroot --userspec=10001:10001 "$ROOTFS" /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin:/bin \

@@ -132,7 +132,8 @@ grep -E 'npu_runtime:|build_release:|writing image|naming to' "$WORK/build.log" 
 # --- run it as a user would, on the host network, every door on loopback ports of its own
 STORAGE=$WORK/smoke-storage
 rm -rf "$STORAGE"
-.venv/bin/python scripts/device_smoke.py prepare --storage "$STORAGE"
+.venv/bin/python scripts/device_smoke.py prepare --storage "$STORAGE" 2> "$WORK/prepare.err" \
+  || { tail -20 "$WORK/prepare.err" >&2; die "the smoke's bundles could not be made."; }
 chown -R 10001:10001 "$STORAGE" 2>/dev/null || chmod -R a+rwX "$STORAGE"
 HTTP_PORT=$(free_port); GRPC_PORT=$(free_port); OIP_PORT=$(free_port); REDIS_PORT=$(free_port)
 RUN_ARGS=(--network host -e "AISRV_HTTP_PORT=$HTTP_PORT" -e "AISRV_GRPC_ADDRESS=127.0.0.1:$GRPC_PORT"
@@ -143,7 +144,7 @@ if emulated_arm64; then
   RUN_ARGS+=(-v "$WORK/cpuinfo:/proc/cpuinfo:ro")
 fi
 CONTAINER=aisrv-smoke-$$
-docker run -d --name "$CONTAINER" "${RUN_ARGS[@]}" "$IMAGE" >/dev/null
+docker run -d --platform linux/arm64 --name "$CONTAINER" "${RUN_ARGS[@]}" "$IMAGE" >/dev/null
 echo "== container $CONTAINER: REST :$HTTP_PORT, gRPC :$GRPC_PORT, waiting for its HEALTHCHECK"
 started=$(date +%s)
 while :; do
