@@ -5,10 +5,12 @@
 # node there and the device smoke against it (the same bundles and inputs as an x86
 # node). For people and developers, not CI: under emulation it takes most of an hour.
 #
-#   sudo bash scripts/build_arm64_pack.sh [--rootfs DIR]
+#   sudo bash scripts/build_arm64_pack.sh [--rootfs DIR] [--keep-pack]
 #
 # --rootfs  the arm64 root filesystem to build in (default build/arm64-pack/rootfs, made
 #           with debootstrap when missing and kept for the next run)
+# --keep-pack  reuse the pack a previous run built there (skips half an hour of emulated
+#           compiling when only the smoke is wanted again)
 # Leaves build/arm64-pack/release-pack and release-pack-rockchip-<version>.tar.gz (the pack
 # to copy onto a board: docs/devices.md); mounts /proc, /sys, /dev into the root
 # filesystem for the run and unmounts them, and stops the node it starts.
@@ -18,10 +20,12 @@ source scripts/arm64_env.sh
 
 WORK=$PWD/build/arm64-pack
 ROOTFS=$WORK/rootfs
+KEEP_PACK=no
 while [ $# -gt 0 ]; do
   case $1 in
     --rootfs) ROOTFS=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --keep-pack) KEEP_PACK=yes; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)." ;;
   esac
 done
@@ -68,12 +72,17 @@ rm -rf "$ROOTFS/opt/aiserving-src"
 mkdir -p "$ROOTFS/opt/aiserving-src"
 git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$ROOTFS/opt/aiserving-src"
 
-echo "== build tools and build_release.py --target rockchip (compiled by the arm64 gcc)"
 started=$(date +%s)
-in_root sh -c 'cd /opt/aiserving-src && { [ -x /opt/build-venv/bin/python ] || python -m venv /opt/build-venv; } \
-  && /opt/build-venv/bin/pip install -q --no-cache-dir -r requirements/build.txt setuptools==80.9.0 \
-  && /opt/build-venv/bin/python build_release.py --target rockchip --out /opt/release-pack' \
-  > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "the pack did not build (log: $WORK/build.log)."; }
+if [ "$KEEP_PACK" = yes ] && [ -f "$ROOTFS/opt/release-pack/BUILD_INFO.json" ]; then
+  echo "== --keep-pack: the pack a previous run built in $ROOTFS/opt/release-pack (not rebuilt)"
+else
+  KEEP_PACK=no
+  echo "== build tools and build_release.py --target rockchip (compiled by the arm64 gcc)"
+  in_root sh -c 'cd /opt/aiserving-src && { [ -x /opt/build-venv/bin/python ] || python -m venv /opt/build-venv; } \
+    && /opt/build-venv/bin/pip install -q --no-cache-dir -r requirements/build.txt setuptools==80.9.0 \
+    && /opt/build-venv/bin/python build_release.py --target rockchip --out /opt/release-pack' \
+    > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "the pack did not build (log: $WORK/build.log)."; }
+fi
 BUILD_S=$(( $(date +%s) - started ))
 grep '^build_release:' "$WORK/build.log" | sed 's/^/   /'
 
@@ -91,7 +100,8 @@ MODULES=$(find "$PACK/aiserving" -name '*.so' | wc -l)
 grep -q '"machine": "aarch64"' "$PACK/BUILD_INFO.json" || die "the pack was not built for aarch64: $(cat "$PACK/BUILD_INFO.json")"
 
 echo "== the pack's node, run as uid 10001 in the root filesystem, and the device smoke"
-in_root sh -c 'id aiserving >/dev/null 2>&1 || useradd --system --uid 10001 --user-group --home-dir /var/lib/aiserving --shell /usr/sbin/nologin aiserving'
+# Written, not useradd-ed: a minbase root filesystem has no passwd package.
+in_root sh -c 'id aiserving >/dev/null 2>&1 || { echo "aiserving:x:10001:10001:AIServing OnBoard:/var/lib/aiserving:/usr/sbin/nologin" >> /etc/passwd && echo "aiserving:x:10001:" >> /etc/group; }'
 STORAGE=$ROOTFS/var/lib/aiserving/storage
 rm -rf "$STORAGE"
 .venv/bin/python scripts/device_smoke.py prepare --storage "$STORAGE" 2> "$WORK/prepare.err" \
@@ -127,6 +137,7 @@ tar -C "$WORK" -czf "$WORK/release-pack-rockchip-$VERSION.tar.gz" release-pack
 echo "== arm64 release-pack (Rockchip target)"
 echo "   pack            $WORK/release-pack ($(du -sm "$WORK/release-pack" | cut -f1) MB, $MODULES compiled modules; $(tr -d '\n ' < "$PACK/BUILD_INFO.json"))"
 echo "   archive         $WORK/release-pack-rockchip-$VERSION.tar.gz ($(du -m "$WORK/release-pack-rockchip-$VERSION.tar.gz" | cut -f1) MB)"
-echo "   build time      $BUILD_S s (build tools + compile), requirements $INSTALL_S s"
+if [ "$KEEP_PACK" = yes ]; then BUILT="the pack kept from a previous run"; else BUILT="$BUILD_S s (build tools + compile)"; fi
+echo "   build time      $BUILT, requirements $INSTALL_S s"
 echo "   node            uid 10001, /healthz after $UP_S s, idle RSS $RSS_MB MB$(emulated_arm64 && echo ' (under QEMU: more than on a board)')"
 echo "== done"

@@ -101,3 +101,19 @@ def test_an_unreachable_url_is_named(tmp_path, served):
     done = run("--url", f"{base}/missing.so", "--out", str(tmp_path / "l.so"))
     assert done.returncode == 1
     assert f"could not fetch librknnrt.so from {base}/missing.so" in done.stderr
+
+
+def test_the_stand_in_runtime_builds_and_refuses_every_call(tmp_path):
+    # scripts/build_images.sh compiles it in the arm64 builder stage; here with this
+    # machine's gcc, called through ctypes as rknnlite calls the real one.
+    import ctypes
+
+    lib = tmp_path / "librknnrt.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(lib),
+                    str(ROOT / "tests" / "support" / "rknnrt_standin.c")], check=True, timeout=120)
+    runtime = ctypes.CDLL(str(lib))
+    context = ctypes.c_uint64(0)
+    for name in ("rknn_init", "rknn_query", "rknn_inputs_set", "rknn_run", "rknn_outputs_get",
+                 "rknn_destroy", "rknn_set_core_mask"):
+        assert getattr(runtime, name)(ctypes.byref(context), None, 0, 0, None) == -3, name  # DEVICE_UNAVAILABLE
+    assert b"no NPU behind it" in lib.read_bytes()
