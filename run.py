@@ -34,7 +34,7 @@ else:  # a release-pack: the compiled package lies beside this file
     sys.path.insert(0, HERE)
 
 if __name__ == "__main__":
-    from aiserving.cli import cli, main
+    from aiserving.cli.app import cli, main
 
     default = os.path.join(HERE, "settings.py")
     if os.environ.get("AISRV_SETTINGS") or not os.path.exists(default):

@@ -9,8 +9,8 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     # The device console's page (served by the REST front at /console).
-    package_data={"aiserving.api": ["console_static/*.html", "console_static/*.js",
-                                    "console_static/*.css"]},
+    package_data={"aiserving.api.rest": ["console_static/*.html", "console_static/*.js",
+                                         "console_static/*.css"]},
     python_requires=">=3.9",
-    entry_points={"console_scripts": ["aiserving=aiserving.cli:main"]},
+    entry_points={"console_scripts": ["aiserving=aiserving.cli.app:main"]},
 )

@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 from aiserving.bundle.record import DistroRecord  # noqa: E402
 from aiserving.bundle.store import BundleStore  # noqa: E402
 from aiserving.bundle.vendor import VendorCode  # noqa: E402
-from aiserving.demo import LABELS, draw_shape, ensure_demo  # noqa: E402
+from aiserving.cli.demo import LABELS, draw_shape, ensure_demo  # noqa: E402
 from tests.support.node import NodeProcess  # noqa: E402
 
 BATCH = 8
@@ -329,7 +329,7 @@ def floor(images: list[Path], seconds: float) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]))
     front = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--worker-class", "aiserving.api.http_worker.GuardedGeventWorker",
+         "--worker-class", "aiserving.api.rest.gunicorn.GuardedGeventWorker",
          "--worker-connections", "1000", "--keep-alive", "2", "--log-level", "warning",
          "floor_app:app"], env=env, stdin=subprocess.DEVNULL)
     try:

@@ -22,6 +22,8 @@ if [ "$#" -gt 0 ]; then
   exit $?
 fi
 
+echo "== import contracts (.importlinter: the floors, the nevers, no circles)"
+PYTHONPATH=src .venv/bin/lint-imports --no-cache --no-logo || exit 1
 echo "== building the release-pack"
 .venv/bin/python build_release.py || exit 1
 echo "== unit and API tests, from source"
@@ -29,5 +31,5 @@ AISRV_RELEASE_PACK=release-pack run_pytest --ignore=tests/e2e || exit 1
 echo "== a node started from source"
 run_pytest tests/e2e/test_rest.py tests/e2e/test_grpc.py || exit 1
 echo "== end-to-end tests against release-pack/run.py"
-AISRV_TEST_RUN_PY=release-pack/run.py run_pytest tests/e2e tests/test_cli.py tests/test_cli_client.py || exit 1
+AISRV_TEST_RUN_PY=release-pack/run.py run_pytest tests/e2e tests/cli || exit 1
 echo "== all passed"

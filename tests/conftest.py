@@ -28,7 +28,7 @@ def start_node():
 @pytest.fixture
 def redis_url(tmp_path):
     """A real redis: the embedded one the product starts, in a private folder."""
-    from aiserving.redis_server import EmbeddedRedis
+    from aiserving.broker.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "run").start()
     yield server.url

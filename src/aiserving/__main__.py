@@ -1,3 +1,3 @@
-from aiserving.cli import main
+from aiserving.cli.app import main
 
 main()

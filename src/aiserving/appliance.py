@@ -29,15 +29,15 @@ import redis
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aiserving  # noqa: E402
-from aiserving import broker as brk
 from aiserving import metrics
+from aiserving.api.tls import TlsFiles, load_tls
+from aiserving.broker import broker as brk
+from aiserving.broker.embedded import EmbeddedRedis
 from aiserving.config import Settings
+from aiserving.config.redis_url import redact
 from aiserving.errors import AiservingError, ConfigError
-from aiserving.node import Node
+from aiserving.node.daemon import Node
 from aiserving.procutil import die_with_parent, stop_process
-from aiserving.redis_server import EmbeddedRedis
-from aiserving.redis_target import redact
-from aiserving.tls import TlsFiles, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Appliance:
         cmd = [sys.executable, "-m", "gunicorn",
                "--bind", f"{s['http.host']}:{s['http.port']}",
                "--workers", str(s["http.workers"] or max(1, (os.cpu_count() or 2) // 2)),
-               "--worker-class", "aiserving.api.http_worker.GuardedGeventWorker",
+               "--worker-class", "aiserving.api.rest.gunicorn.GuardedGeventWorker",
                "--worker-connections", str(s["http.connections"]), "--keep-alive", "2",
                "--timeout", str(int(s["request.timeout_s"]) + 30),
                "--graceful-timeout", str(int(s.grace_s + 0.999)),
@@ -158,7 +158,7 @@ class Appliance:
             cmd += ["--access-logfile", "-"]
         if self.tls is not None:
             cmd += ["--certfile", self.tls.cert_path, "--keyfile", self.tls.key_path]
-        cmd.append("aiserving.api.rest:create_app()")
+        cmd.append("aiserving.api.rest.app:create_app()")
         self.front = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                       start_new_session=True, preexec_fn=die_with_parent)
         url = s.local_rest_url + "/healthz"

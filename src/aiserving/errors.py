@@ -2,7 +2,7 @@
 
 Every error a caller can see is an `AiservingError`: it carries the legacy
 `ResultReply.code` of the contract and an HTTP status. The REST front maps it
-to a response in exactly one place (`api/rest.py`), the gRPC front in one
+to a response in exactly one place (`api/rest/common.py`), the gRPC front in one
 other. Errors cross process boundaries (worker -> redis -> front) as the small
 dict made by `to_wire`, never as a traceback.
 """

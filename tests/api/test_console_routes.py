@@ -4,7 +4,7 @@ The page itself in a browser: tests/e2e/test_console.py."""
 
 import pytest
 
-from aiserving.api.rest import create_app
+from aiserving.api.rest.app import create_app
 from aiserving.config import Settings
 from tests.support.bundles import write_bundle
 

@@ -4,7 +4,7 @@ Inference Protocol's routes are described by the KServe v2 specification)."""
 import json
 
 from aiserving.api import openapi
-from aiserving.api.rest import create_app
+from aiserving.api.rest.app import create_app
 from aiserving.config import Settings
 
 
@@ -15,7 +15,7 @@ def test_the_description_matches_the_apps_routes(redis_url, tmp_path):
     routes = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}
               # the device console's page and its own calls are not the API (api/console.py)
-              # nor are the Open Inference Protocol's (api/oip_rest.py, the KServe v2 spec)
+              # nor are the Open Inference Protocol's (api/rest/oip.py, the KServe v2 spec)
               if rule.endpoint != "static" and not rule.endpoint.startswith(("console.", "oip."))}
     doc = openapi.document()
     described = {(path, method) for path, ops in doc["paths"].items() for method in ops}

@@ -201,7 +201,7 @@ def test_numpy_alias_set_by_the_backend_module_only():
     out = run_child("""
         import numpy as np
         assert "bool" not in vars(np), "this numpy has np.bool: the test proves nothing"
-        import aiserving.backends.base, aiserving.bundle.vendor, aiserving.pipeline
+        import aiserving.backends.base, aiserving.bundle.vendor, aiserving.inference.pipeline
         print("bool" in vars(np))
         import aiserving.backends.mxnet
         print(np.bool is bool)

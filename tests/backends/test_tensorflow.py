@@ -14,7 +14,7 @@ from aiserving.backends import create_backend
 from aiserving.bundle import BundleStore, DistroRecord
 from aiserving.bundle.vendor import VendorCode
 from aiserving.errors import BundleError, ConfigError
-from aiserving.pipeline import Item, Pipeline
+from aiserving.inference.pipeline import Item, Pipeline
 from tests.support import tf_models
 from tests.support.tf_models import listing, write_frozen, write_image, write_unfrozen
 

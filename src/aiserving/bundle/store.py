@@ -65,7 +65,7 @@ class Bundle:
         """A bundle file's bytes, decrypted in memory when it is encrypted or sealed."""
         data = self.file(name).read_bytes()
         if self.secret is not None and name == "model_core":
-            from aiserving.crypto import decrypt_legacy  # only encrypted loads need it
+            from aiserving.bundle.crypto import decrypt_legacy  # only encrypted loads need it
 
             return decrypt_legacy(data, self.secret)
         from aiserving.bundle.sealed import MAGIC
@@ -93,7 +93,7 @@ class Bundle:
         file an anonymous in-memory file holding the plaintext."""
         if (self.secret is None or name != "model_core") and not self.is_sealed(name):
             return str(self.file(name))
-        from aiserving.crypto import memory_file
+        from aiserving.bundle.crypto import memory_file
 
         return memory_file(self.read(name), name.replace("/", "_"))
 

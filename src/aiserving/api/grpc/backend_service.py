@@ -6,8 +6,8 @@ import json
 
 from aiserving.api.grpc.mapping import answer, result
 from aiserving.api.grpc.protocol import backend_pb2, backend_pb2_grpc, model_info, split_fullhash
-from aiserving.crypto import key_for
 from aiserving.backends import supported_types
+from aiserving.bundle.crypto import key_for
 from aiserving.errors import BadRequest
 
 # Legacy ResultReply codes of these rpcs (contract, section 3).

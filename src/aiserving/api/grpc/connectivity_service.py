@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiserving import __version__
 from aiserving.api.grpc.protocol import connectivity_pb2, connectivity_pb2_grpc
-from aiserving.resources import node_resources
+from aiserving.node.resources import node_resources
 
 
 class ConnectivityService(connectivity_pb2_grpc.ConnectivityServicer):

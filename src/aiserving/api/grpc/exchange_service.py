@@ -8,8 +8,8 @@ import logging
 import grpc
 
 from aiserving.api.grpc.protocol import exchange_pb2, exchange_pb2_grpc
+from aiserving.api.grpc.uploads import CHUNK_BYTES
 from aiserving.errors import AiservingError, TooLarge
-from aiserving.uploads import CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 

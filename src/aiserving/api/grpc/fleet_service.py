@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiserving.api.grpc.mapping import answer
 from aiserving.errors import ConfigError
-from aiserving.registry import FleetKeys, NodeRegistry
+from aiserving.node.fleet import FleetKeys, NodeRegistry
 
 try:
     from aiserving.api.grpc.generated import fleet_pb2, fleet_pb2_grpc

@@ -10,8 +10,9 @@ from __future__ import annotations
 from aiserving import metrics
 from aiserving.api.grpc.mapping import result
 from aiserving.api.grpc.protocol import inference_pb2_grpc
+from aiserving.api.intake import submit
 from aiserving.errors import BackendNotFound, InputError, QueueFull
-from aiserving.intake import check_input_path, decode_inline, submit
+from aiserving.jobs.inputs import check_input_path, decode_inline
 
 LOCAL_INPUT_ERROR = 110
 REMOTE_INPUT_ERROR = 111

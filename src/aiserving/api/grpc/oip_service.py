@@ -18,11 +18,11 @@ from concurrent import futures
 import grpc
 
 import aiserving
-from aiserving import oip
 from aiserving.api.grpc.mapping import answer
 from aiserving.api.grpc.server import interceptors, listen, max_message_bytes
+from aiserving.api.oip_door import EXTENSIONS, OipDoor
 from aiserving.errors import ConfigError, InputError
-from aiserving.oip_door import EXTENSIONS, OipDoor
+from aiserving.jobs import tensors as oip
 
 try:
     from aiserving.api.grpc.generated import grpc_predict_v2_pb2 as pb

@@ -21,12 +21,12 @@ from aiserving.api.grpc.inference_service import InferenceService
 from aiserving.api.grpc.model_service import ModelService
 from aiserving.api.grpc.protocol import (backend_pb2_grpc, connectivity_pb2_grpc, exchange_pb2_grpc,
                                          inference_pb2_grpc, model_pb2_grpc)
-from aiserving.auth import ADMIN_RPCS, Forbidden, Guard, Unauthenticated
+from aiserving.api.auth import ADMIN_RPCS, Forbidden, Guard, Unauthenticated
+from aiserving.api.grpc.uploads import CHUNK_BYTES, UploadStore
+from aiserving.api.tls import TlsFiles
 from aiserving.bundle.catalog import ModelCatalog
 from aiserving.config import env_name
 from aiserving.errors import ConfigError
-from aiserving.tls import TlsFiles
-from aiserving.uploads import CHUNK_BYTES, UploadStore
 
 log = logging.getLogger(__name__)
 
