@@ -68,12 +68,12 @@ def test_broken_settings_file(tmp_path):
         Settings.load(f, environ={})
 
 
-def test_readme_carries_the_generated_settings_table():
+def test_the_settings_page_carries_the_generated_table():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert settings_table() in readme, ("README's settings table is stale: regenerate it with "
-                                       "`PYTHONPATH=src python -m aiserving settings-table`")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    assert settings_table() in page, ("docs/settings.md is stale: regenerate its table with "
+                                      "`PYTHONPATH=src python -m aiserving settings-table`")
 
 
 LEGACY_TEMPLATE = legacy_settings()  # the old product's template, as a device has it

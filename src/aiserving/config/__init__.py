@@ -20,7 +20,7 @@ def settings_table() -> str:
     drift: one markdown table per area."""
     parts = []
     for area in AREAS:
-        rows = [f"## {area.TITLE}", "", area.__doc__.strip(), "",
+        rows = [f"### {area.TITLE}", "", area.__doc__.strip(), "",
                 "| key | environment | default | meaning |", "|---|---|---|---|"]
         for s in area.SETTINGS:
             default = json.dumps(s.default) if not isinstance(s.default, str) else f'"{s.default}"'
