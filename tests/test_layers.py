@@ -45,41 +45,31 @@ def test_the_package_keeps_every_contract():
     assert "0 broken" in done.stdout
 
 
-def test_a_backend_importing_a_door_breaks_the_contracts(copy):
-    _add(copy, "aiserving.backends.onnx", "from aiserving.api import intake  # noqa")
+BREAKS = [
+    # (module changed, the import added, the contract that breaks, the import it names)
+    ("aiserving.backends.onnx", "from aiserving.api import intake",
+     "Backends know nothing of redis, HTTP, the queue or the doors",
+     "aiserving.backends.onnx -> aiserving.api.intake"),
+    ("aiserving.node.saved_state", "import numpy",
+     "The node daemon imports no numpy, no framework and no inference code",
+     "aiserving.node.saved_state -> numpy"),
+    # progress is what the worker imports: progress importing the worker closes a circle
+    ("aiserving.inference.progress", "from aiserving.inference import worker",
+     "No import circle between the modules of any package", "aiserving.inference.progress"),
+    ("aiserving.broker.keys", "from aiserving.node import fleet",
+     "Floors: each package imports only what lies below it",
+     "aiserving.broker is not allowed to import aiserving.node"),
+    ("aiserving.config.loader", "from aiserving.broker import connection",
+     "Settings import nothing of ours but errors",
+     "aiserving.config.loader -> aiserving.broker.connection"),
+]
+
+
+@pytest.mark.parametrize("module, line, contract, named", BREAKS,
+                         ids=[b[0].rpartition(".")[2] for b in BREAKS])
+def test_a_forbidden_import_breaks_its_contract(copy, module, line, contract, named):
+    _add(copy, module, line + "  # noqa")
     done = _lint(copy)
     assert done.returncode != 0
-    assert "Backends know nothing of redis, HTTP, the queue or the doors BROKEN" in done.stdout
-    assert "aiserving.backends.onnx -> aiserving.api.intake" in done.stdout
-
-
-def test_the_daemon_importing_numpy_breaks_a_contract(copy):
-    _add(copy, "aiserving.node.saved_state", "import numpy  # noqa")
-    done = _lint(copy)
-    assert done.returncode != 0
-    assert "The node daemon imports no numpy, no framework and no inference code BROKEN" \
-        in done.stdout
-    assert "aiserving.node.saved_state -> numpy" in done.stdout
-
-
-def test_an_import_circle_breaks_a_contract(copy):
-    # progress is what the worker imports; progress importing the worker closes a circle
-    _add(copy, "aiserving.inference.progress", "from aiserving.inference import worker  # noqa")
-    done = _lint(copy)
-    assert done.returncode != 0
-    assert "No import circle between the modules of any package BROKEN" in done.stdout
-
-
-def test_an_upward_import_breaks_the_floors(copy):
-    _add(copy, "aiserving.broker.keys", "from aiserving.node import fleet  # noqa")
-    done = _lint(copy)
-    assert done.returncode != 0
-    assert "Floors: each package imports only what lies below it BROKEN" in done.stdout
-    assert "aiserving.broker is not allowed to import aiserving.node" in done.stdout
-
-
-def test_settings_importing_the_broker_breaks_a_contract(copy):
-    _add(copy, "aiserving.config.loader", "from aiserving.broker import connection  # noqa")
-    done = _lint(copy)
-    assert done.returncode != 0
-    assert "Settings import nothing of ours but errors BROKEN" in done.stdout
+    assert f"{contract} BROKEN" in done.stdout
+    assert named in done.stdout

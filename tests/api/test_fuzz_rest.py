@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from aiserving.api import openapi
+from aiserving.api.rest import openapi
 from tests.support.bundles import expected_result, write_bundle, write_image
 from tests.support.hostile import LONE_SURROGATE, ODD_STRINGS, TRAVERSAL, broken_images
 

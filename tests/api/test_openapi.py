@@ -3,7 +3,7 @@ Inference Protocol's routes are described by the KServe v2 specification)."""
 
 import json
 
-from aiserving.api import openapi
+from aiserving.api.rest import openapi
 from aiserving.api.rest.app import create_app
 from aiserving.config import Settings
 

@@ -96,11 +96,16 @@ def test_a_node_from_the_pack_serves_with_compiled_modules(pack, storage, tmp_pa
         assert health["compiled"] is True  # every aiserving module in the front is a .so
         # The node daemon and its inference process map the pack's shared objects.
         (worker,) = node.worker_pids()
-        for pid, module in ((node.proc.pid, "node"), (worker, "worker")):
+        for pid, module in ((node.proc.pid, "node/daemon"), (worker, "inference/worker")):
             maps = {m.path for m in psutil.Process(pid).memory_maps()}
             assert any(p.startswith(str(pack / "aiserving" / module) + ".") and p.endswith(".so")
                        for p in maps), f"{module} is not the compiled one in pid {pid}"
             assert not any("/src/aiserving/" in p for p in maps)
+        # The daemon never imports numpy or a framework: only the inference process does.
+        daemon = {m.path for m in psutil.Process(node.proc.pid).memory_maps()}
+        worker_maps = {m.path for m in psutil.Process(worker).memory_maps()}
+        assert any("/numpy/" in p for p in worker_maps) and any("libtorch" in p for p in worker_maps)
+        assert not [p for p in daemon if "/numpy/" in p or "libtorch" in p or "/torch/" in p]
         assert "compiled package at " + str(pack / "aiserving") in node.log()
     finally:
         node.stop()
