@@ -96,11 +96,11 @@ def restore(node) -> set[str]:
                 entry = node.backends[bid]
                 entry.state, entry.msg = BackendState.ERROR, f"model {model} could not be " \
                     f"restored after a restart: {exc.message}"
-                node._publish()
+                node.publish()
     with node.lock:
         if state.get("rest_bid") in node.backends:
             node.rest_bid = state["rest_bid"]
-            node._publish()
+            node.publish()
     log.info("restored %d backend(s) from %s", len(node.backends), node.saved.path)
     return loading
 
