@@ -91,16 +91,21 @@ class Appliance:
         metrics.enable(s.storage / "run" / "metrics")
         if url is None:
             self.redis = EmbeddedRedis(s.storage / "run", s["redis.bind"], int(s["redis.port"]),
-                                       s["redis.password"]).start()
+                                       s["redis.password"], s["redis.durability"]).start()
             url = self.redis.url
         try:
-            brk.connect(url, socket_connect_timeout=3, socket_timeout=5).ping()
+            persistence = brk.connect(url, socket_connect_timeout=3,
+                                      socket_timeout=5).info("persistence")
         except (redis.RedisError, OSError) as exc:
             raise ConfigError(f"Cannot reach redis at {redact(url)} ({exc}): check redis.url "
                               "(or redis.host and redis.port, or redis.sentinels), or leave them "
                               "empty for the embedded one.") from None
         if self.redis is None:
             log.info("redis: %s, key prefix %r", redact(url), s["redis.key_prefix"])
+            if not int(persistence.get("aof_enabled", 0)):
+                log.warning("redis at %s keeps no append-only file (INFO persistence: "
+                            "aof_enabled:0): a restart of it loses every queued job and stored "
+                            "result; set `appendonly yes` there", redact(url))
         self.node = Node(s, url)
         self.node.start()
         from aiserving.api.grpc.server import GrpcServer  # fails fast if protos are not generated

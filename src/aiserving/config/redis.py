@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from aiserving.config.checks import Setting, host_ports, positive, redis_url
+from aiserving.config.checks import Setting, host_ports, one_of, positive, redis_url
 
 TITLE = "Redis and the fleet"
 
@@ -57,6 +57,15 @@ SETTINGS: tuple[Setting, ...] = (
             lambda v: None if re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", v)
             else "must be 1 to 64 letters, digits or _ . : - { }"),
     # keys of this product
+    Setting("redis.durability", "always", "str",
+            "What the embedded redis keeps on disk (an append-only file under "
+            "`<storage>/run/`), so queued jobs and stored results survive a crash or a power "
+            "cut: `always` -- every accepted job and stored result (written to disk before "
+            "the caller is told it was accepted); `everysec` -- all but at most the last "
+            "second or two; `off` -- nothing (memory only: a restart loses every queued job "
+            "and stored result). Not used with a configured redis: make that one persist "
+            "(`appendonly yes`); the node logs at start whether it does.",
+            one_of("always", "everysec", "off")),
     Setting("fleet.node_ttl_s", 10.0, "float",
             "The node announces itself in the fleet registry of its redis (`GET "
             "/api/v1alpha/nodes`, gRPC `aiserving.fleet.v1.Fleet`) every third of this; a "

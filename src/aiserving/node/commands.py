@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import redis
 
 from aiserving.broker import broker as brk
 from aiserving.bundle.crypto import key_for
-from aiserving.errors import AiservingError, BadRequest
+from aiserving.errors import AiservingError, BadRequest, NotReady
 
 log = logging.getLogger("aiserving.node")
 
@@ -44,10 +45,18 @@ class CommandDesk:
             try:
                 command = json.loads(got[1])
                 cid = str(command["id"])
+                deadline = float(command.get("deadline") or 0)
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed command")
                 continue
             try:
+                if deadline and time.time() > deadline:
+                    # Its caller is told it was not run (or is gone): running it now would
+                    # make that a lie.
+                    log.warning("dropping command %s %s: its caller stopped waiting",
+                                command.get("op"), cid)
+                    raise NotReady("the node daemon took the command too late to run it; "
+                                   "nothing was done: retry")
                 answer = self._run(command.get("op"), command.get("args") or {})
             except AiservingError as exc:
                 answer = {"error": exc.to_wire()}

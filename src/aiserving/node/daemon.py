@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 
-from aiserving.backends import supported_types
+from aiserving.backends import REGISTRY, probed_types, supported_types
 from aiserving.broker import broker as brk
 from aiserving.broker.publication import Publication
 from aiserving.bundle.store import Bundle, BundleStore
@@ -136,9 +136,17 @@ class Node:
         type_name = impl.split(".", 1)[0]
         if not type_name:
             raise BadRequest("a backend type is required to create a backend")
-        if type_name not in supported_types():
+        known = probed_types()
+        if known is None:
+            # The framework probe still runs (just after start): a known type is taken at
+            # once rather than making the caller wait for it; should its framework not
+            # import, the load fails with the reason (GET /switch, ListBackend).
+            if type_name not in REGISTRY:
+                raise UnsupportedBackend(f"unknown backend type {type_name!r}; this node knows "
+                                         f"{', '.join(sorted(REGISTRY))}")
+        elif type_name not in known:
             raise UnsupportedBackend(f"backend type {type_name!r} is not supported on this node "
-                                     f"(supported: {', '.join(supported_types()) or 'none'})")
+                                     f"(supported: {', '.join(known) or 'none'})")
         batchsize, resolved = self._limits(
             batchsize, inferprocnum,
             device or (self.settings[_DEVICE_SETTING[type_name]]
@@ -183,6 +191,7 @@ class Node:
                 entry.retired.append(entry.current)
             self._next_gen += 1
             gen_no = self._next_gen
+            entry.awaiting = None  # a load replaces what the last run could not bring back
             entry.current = self.spawner.generation(entry, bundle, gen_no)
             entry.state, entry.msg = BackendState.LOADING, ""
             self.publish()
@@ -203,6 +212,11 @@ class Node:
             raise BadRequest(f"model {model!r} is a {record.impl} bundle, not mode {mode!r}")
         if bid:
             self.load_model(bid, bundle)
+        elif self._rest_already(bundle, device):
+            # The same /switch again (a client retrying after a time-out, or asking twice):
+            # the REST backend loads or runs that model already; a second one would only
+            # take memory.
+            return self.rest_bid
         else:
             if not btype:
                 raise BadRequest("field 'btype' is required to create a new backend")
@@ -217,6 +231,16 @@ class Node:
             self.db.set(self.keys.rest_bid, bid)
             self.publish()
         return bid
+
+    def _rest_already(self, bundle: Bundle, device: str) -> bool:
+        """Whether the REST door's backend loads or serves `bundle` already, on `device`."""
+        with self.lock:
+            entry = self.backends.get(self.rest_bid or "")
+            if entry is None or entry.state == BackendState.EXITING:
+                return False
+            gen = entry.current
+            return (gen is not None and not gen.failed and gen.bundle.fullhash == bundle.fullhash
+                    and entry.impl == bundle.record.impl and (not device or device == entry.device))
 
     def create_and_load(self, impl: str, bundle: Bundle, *, batchsize: int = 0,
                         inferprocnum: int = 0, device: str = "", preheat: str = "",

@@ -98,6 +98,9 @@ class BackendEntry:
         self.current: Generation | None = None  # the newest model asked for
         self.serving: Generation | None = None  # the one taking traffic
         self.retired: list[Generation] = []  # draining, then gone
+        # A model the last run ran that could not come back (its key is needed, or it is
+        # gone): kept, and saved again, until a load replaces it, so no restart forgets it.
+        self.awaiting: dict | None = None  # {"model": fullhash, "name", "encrypted"}
 
     @property
     def type_name(self) -> str:
@@ -125,14 +128,20 @@ class BackendEntry:
         # the first one still on its way (or failed) tells.
         lagging = next((p for p in gen.procs if p.status != ProcStatus.RUNNING),
                        gen.procs[0]) if gen else None
-        word = SWITCH_WORDS[lagging.status] if gen else "cleaning"
-        error = (gen.error or lagging.msg) if gen and word == "failed" else ""
+        if gen is not None:
+            word = SWITCH_WORDS[lagging.status]
+            error = (gen.error or lagging.msg) if word == "failed" else ""
+        elif self.state == BackendState.ERROR:  # what gRPC's ListBackend says, REST says too
+            word, error = "failed", self.msg
+        else:
+            word, error = "cleaning", ""
+        name = record["name"] if record else (self.awaiting or {}).get("name", "")
         return {
             "bid": self.bid, "impl": self.impl, "batchsize": self.batchsize,
             "inferprocnum": self.inferprocnum, "device": self.device, "preheat": self.preheat,
             "state": int(self.state), "msg": self.msg, "status": status, "model": record,
             "serving": self.serving.bundle.fullhash if self.serving else None,
-            "switch": {"model": record["name"] if record else "", "status": word, "error": error},
+            "switch": {"model": name, "status": word, "error": error},
             "sizing": self.sizing(),
             "oip": self.oip(),
         }

@@ -86,6 +86,9 @@ def restore(node) -> set[str]:
             continue
         try:
             if saved.get("encrypted"):
+                with node.lock:
+                    node.backends[bid].awaiting = {"model": model, "encrypted": True,
+                                                   "name": _name_of(node, model)}
                 raise ModelKeyError("it is encrypted and keys are never stored: load it "
                                     "again with its a64key and pvtkey")
             node.load_model(bid, node.store.resolve(model))
@@ -94,6 +97,8 @@ def restore(node) -> set[str]:
             log.error("backend %s: cannot restore model %s: %s", bid, model, exc.message)
             with node.lock:
                 entry = node.backends[bid]
+                entry.awaiting = entry.awaiting or {"model": model, "encrypted": False,
+                                                    "name": _name_of(node, model)}
                 entry.state, entry.msg = BackendState.ERROR, f"model {model} could not be " \
                     f"restored after a restart: {exc.message}"
                 node.publish()
@@ -113,10 +118,23 @@ def to_save(entries, default_preheat: str) -> list[dict]:
             continue
         # The model asked for last, unless its load failed: then what still serves.
         gen = e.current if e.current is not None and not e.current.failed else e.serving
+        if gen is not None:
+            model, encrypted = gen.bundle.fullhash, gen.bundle.encrypted
+        elif e.awaiting:  # not back yet: the next start tries (or asks for the key) again
+            model, encrypted = e.awaiting["model"], e.awaiting["encrypted"]
+        else:
+            model, encrypted = None, False
         backends.append({"bid": e.bid, "impl": e.impl, "batchsize": e.batchsize,
                          "inferprocnum": 0 if e.auto_sized else e.inferprocnum,
                          "device": e.device,
                          "preheat": "" if e.preheat == default_preheat else e.preheat,
-                         "model": gen.bundle.fullhash if gen else None,
-                         "encrypted": bool(gen and gen.bundle.encrypted)})
+                         "model": model, "encrypted": bool(encrypted)})
     return backends
+
+
+def _name_of(node, model: str) -> str:
+    """The distros name of a stored model, "" where it is gone."""
+    try:
+        return node.store.resolve(model).record.name
+    except AiservingError:
+        return ""

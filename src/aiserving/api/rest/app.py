@@ -149,7 +149,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         running = [b["bid"] for b in broker.backends() if b.get("serving")]
         if not running:
             raise NotReady("no model is loaded and running")
-        return _json({"status": "success", "backends": running})
+        return _json({"status": "success", "backends": running,
+                      "redis_persists": broker.persists()})
 
     app.register_blueprint(console.blueprint(settings, broker, waiting, guard))
     app.register_blueprint(fleet_rest.blueprint(broker))  # GET /api/v1alpha/nodes
