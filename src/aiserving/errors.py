@@ -9,6 +9,9 @@ dict made by `to_wire`, never as a traceback.
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class AiservingError(Exception):
     """Root of every error the node reports to a caller."""
@@ -156,6 +159,16 @@ class TooLarge(AiservingError):
 class RequestTimeout(AiservingError):
     code = 1
     http_status = 504
+
+
+def hide_paths(text: str, storage: str | os.PathLike) -> str:
+    """`text` fit for a caller: the node's own files under `storage` (inline inputs in
+    `run/tmp`, the stored bundles, its state) named by what they are, not where they
+    lie. The full text goes to the log."""
+    root = re.escape(os.path.realpath(storage).rstrip(os.sep))
+    text = re.sub(root + r"/run/tmp/[^\s'\"),]*", "<the inline input>", text)
+    text = re.sub(root + r"/models/[0-9a-f]{32}/[^/\s'\"),]+", "<the bundle>", text)
+    return re.sub(root + r"/(run|state|keys|uploads)\b", r"<storage>/\1", text)
 
 
 _BY_NAME = {

@@ -163,6 +163,9 @@ def test_an_oversized_body_is_a_413(hostile):
     answer = node.post("/api/v1alpha/detect", data=b"x" * (2 * 1024 * 1024),
                        headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and answer.json()["status"] == "failed"
+    # The limit and the setting that raises it, not "exceeds the capacity limit".
+    assert answer.json()["message"] == ("the request body is over the limit of 1048576 bytes "
+                                        "(setting http.max_body_bytes)")
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(hostile):

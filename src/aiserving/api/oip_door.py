@@ -112,6 +112,10 @@ class OipDoor:
         if loading:
             raise NotReady(f"{shown} is not ready on any live node (status: "
                            f"{loading[0]['switch']['status']}); retry shortly")
+        if routes_version == "0" and self.broker.republishing:
+            # Redis came back empty: this node's models are not listed again yet. They
+            # may be this very model: never a 404 for that.
+            raise NotReady(brk.REPUBLISHING)
         last = self.registry.last_served(name, version)
         if last is not None:  # its nodes are gone (or unloaded it): may come back, so 503
             raise NotReady(f"{shown} is served by no live node now; it was last served by "
@@ -128,13 +132,13 @@ class OipDoor:
     def model_ready(self, name: str, version: str = "") -> bool:
         """True when it serves; False while it loads; ModelNotFound when it is unknown."""
         try:
-            self.find(name, version)
+            self.find(name, version, fresh=True)  # no cached route vouches for readiness
         except NotReady:
             return False
         return True
 
     def metadata(self, name: str, version: str = "") -> dict:
-        route, _ = self.find(name, version)
+        route, _ = self.find(name, version, fresh=True)
         routes, _ = self._routes(False)
         versions = sorted({r["oip"]["version"] for r in routes if _serves(r, name, "")}
                           | {route["oip"]["version"]}, key=_version_key)

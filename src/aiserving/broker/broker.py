@@ -46,6 +46,9 @@ from aiserving.errors import AiservingError, BackendNotFound, NotReady, QueueFul
 log = logging.getLogger(__name__)
 
 
+REPUBLISHING = ("the node is publishing its backends again (its redis restarted empty); "
+                "retry in a moment")
+
 # KEYS: stream, its inline-bytes counter, the node's routes version. ARGV: max jobs,
 # this job's inline bytes, max inline bytes, the routes version the caller routed by
 # ('' when it read the record itself), then the job's fields.
@@ -105,6 +108,7 @@ class Broker:
         self._routes: dict[str, dict] | None = None  # bid -> route, as of `_version`
         self._rest_bid = ""
         self._version = ""
+        self.republishing = False  # as of the last read of the routes
         self._url = url
         self._box: replies.ReplyBox | None = None
         self._box_lock = threading.Lock()
@@ -140,6 +144,8 @@ class Broker:
             found = self._routes.get(target) if target else None
             if found is not None and found.get("serving") or refresh and found is not None:
                 return {**found, "version": self._version}
+        if self.republishing:
+            raise NotReady(REPUBLISHING)
         if not target:
             raise NotReady("no model has been switched in on this node: POST "
                            "/api/v1alpha/switch first")
@@ -159,6 +165,9 @@ class Broker:
         pipe.hgetall(self.keys.routes)
         version, rest_bid, routes = pipe.execute()
         # No counter yet: a version no enqueue will match, so nothing is queued by it.
+        # The node publishes within a moment of starting, so no counter means redis
+        # came back empty and the node has yet to publish its backends again.
+        self.republishing = version is None
         self._version = (version or b"0").decode()
         self._rest_bid = (rest_bid or b"").decode()
         self._routes = {k.decode(): json.loads(v) for k, v in routes.items()}

@@ -19,7 +19,8 @@ import numpy as np
 from aiserving.backends.base import Backend
 from aiserving.bundle.store import Bundle
 from aiserving.bundle.vendor import VendorCode
-from aiserving.errors import AiservingError, InferenceError, InputError, ProcessingError
+from aiserving.errors import (AiservingError, InferenceError, InputError, ProcessingError,
+                              hide_paths)
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,11 @@ def _no_report(stage: int, index: int) -> None:
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, vendor: VendorCode, backend: Backend, on_stage=None):
+    def __init__(self, bundle: Bundle, vendor: VendorCode, backend: Backend, on_stage=None,
+                 storage: str | None = None):
         self.bundle = bundle
+        # The node's storage folder: its paths stay out of what callers are told.
+        self.storage = storage
         self.vendor = vendor
         self.backend = backend
         # Told which stage and item run now, so a watchdog outside this process can
@@ -297,12 +301,13 @@ class Pipeline:
             batched = array.ndim >= 4
         return array[0] if batched else array
 
-    @staticmethod
-    def _fail(item: Item, error: AiservingError, cause: BaseException | None = None) -> None:
+    def _fail(self, item: Item, error: AiservingError, cause: BaseException | None = None) -> None:
         if item.error is None:
             item.error, item.cause = error, cause
-            # The caller gets the message; the log gets it with the request's uuid (and
-            # the vendor code's traceback at debug level).
+            # The log gets the message with the request's uuid (and the vendor code's
+            # traceback at debug level); the caller gets it without the node's paths.
             log.warning("request %s: %s", item.uuid or "-", error.message,
                         exc_info=cause if cause is not None and log.isEnabledFor(logging.DEBUG)
                         else None)
+            if self.storage:
+                error.message = hide_paths(error.message, self.storage)

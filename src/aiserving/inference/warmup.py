@@ -50,7 +50,8 @@ class Warmup:
         vendor = VendorCode.load(bundle)
         backend = create_backend(bundle.record.backend_type, self.settings)
         backend.load(bundle, self.spec.get("device") or None)
-        return Pipeline(bundle, vendor, backend, on_stage=self.on_stage)
+        return Pipeline(bundle, vendor, backend, on_stage=self.on_stage,
+                        storage=self.settings["storage"])
 
     def measure(self, pipeline: Pipeline, tune: bool, batchsize: int) -> tuple[int, float | None]:
         """(batch cap, seconds per item at it) from timing this pipeline on the preheat

@@ -22,7 +22,7 @@ import redis
 
 from aiserving import metrics
 from aiserving.broker import broker as brk
-from aiserving.errors import AiservingError
+from aiserving.errors import AiservingError, hide_paths
 from aiserving.inference import batching
 from aiserving.inference.job_batch import JobBatch, Lookahead
 from aiserving.inference.pipeline import Pipeline, Timings
@@ -93,7 +93,9 @@ class Worker:
         self.warmup = Warmup(spec, self.broker, self.consumer, self._on_stage)
 
     def report(self, status: ProcStatus, msg: str = "", **extra) -> None:
-        self._send({"status": int(status), "msg": msg, "pid": os.getpid(), **extra})
+        # Published to every door (GET /switch, ListBackend): no path of the node's own.
+        self._send({"status": int(status), "msg": hide_paths(msg, self.settings["storage"]),
+                    "pid": os.getpid(), **extra})
 
     def _send(self, message: dict) -> None:
         try:

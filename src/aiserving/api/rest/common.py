@@ -14,11 +14,11 @@ import re
 from typing import Callable
 
 import redis
-from flask import Response, request
-from werkzeug.exceptions import HTTPException
+from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from aiserving.api.auth import Unauthenticated
-from aiserving.errors import AiservingError, BadRequest, QueueFull
+from aiserving.errors import AiservingError, BadRequest
 
 log = logging.getLogger("aiserving.api.rest")
 
@@ -26,7 +26,10 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff in JSON t
 
 
 def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload), status, mimetype="application/json")
+    response = Response(json.dumps(payload), status, mimetype="application/json")
+    if status == 503:  # not ready yet: worth asking again in a moment
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 def error_response(exc: Exception, render: Callable[[str, int], Response]) -> Response:
@@ -38,7 +41,7 @@ def error_response(exc: Exception, render: Callable[[str, int], Response]) -> Re
     headers = {}
     if isinstance(exc, AiservingError):
         message, status = exc.message, exc.http_status
-        if isinstance(exc, QueueFull):
+        if status == 503:  # not ready, a full queue, the daemon busy: each passes
             headers["Retry-After"] = "1"
         elif isinstance(exc, Unauthenticated):
             headers["WWW-Authenticate"] = "Bearer"
@@ -46,6 +49,10 @@ def error_response(exc: Exception, render: Callable[[str, int], Response]) -> Re
         log.warning("redis error on %s %s: %s", request.method, request.path, exc)
         message, status = f"redis is unavailable ({type(exc).__name__}); retry shortly", 503
         headers["Retry-After"] = "1"
+    elif isinstance(exc, RequestEntityTooLarge):  # werkzeug's words name no limit
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        message, status = (f"the request body is over the limit of {limit} bytes (setting "
+                           f"http.max_body_bytes)"), 413
     elif isinstance(exc, HTTPException):
         message, status = exc.description, exc.code or 500
     else:
