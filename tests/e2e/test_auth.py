@@ -101,3 +101,31 @@ def test_the_fleet_reads_need_the_token(node):
         reply = fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=10,
                                 metadata=[("authorization", f"Bearer {TOKEN}")])
         assert [n.name for n in reply.nodes] == [f"test{node.port}"]
+
+
+def test_a_peer_guessing_tokens_is_logged_and_stopped(tmp_path, start_node):
+    write_bundle(tmp_path / "storage", name="tiny", seed=1)
+    node = start_node(tmp_path / "storage", env={"AISRV_AUTH_TOKEN": TOKEN,
+                                                 "AISRV_AUTH_MAX_FAILURES": "3"})
+    for guess in ("a", "b", "c"):
+        assert node.get("/readyz", headers=bearer(guess)).status_code == 401
+    stopped = node.get("/readyz", headers=bearer(TOKEN))  # even the right one, for a while
+    assert stopped.status_code == 429, stopped.text
+    assert "auth.max_failures" in stopped.json()["message"]
+    assert 1 <= int(stopped.headers["Retry-After"]) <= 61
+    client = Client(node)
+    try:
+        for guess in ("a", "b", "c"):
+            with pytest.raises(grpc.RpcError) as refused:
+                client.connectivity.Ping(client.ping(), metadata=[("authorization",
+                                                                  f"Bearer {guess}")])
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as stopped_grpc:
+            client.connectivity.Ping(client.ping(), metadata=[("authorization",
+                                                              f"Bearer {TOKEN}")])
+        assert stopped_grpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        client.close()
+    log = node.log()
+    assert "authentication failed from 127.0.0.1: GET /readyz" in log
+    assert "authentication failed from 127.0.0.1: /trueno.Connectivity/Ping" in log

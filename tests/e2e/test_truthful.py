@@ -127,3 +127,43 @@ def test_no_answer_names_a_path_of_the_node(storage, tmp_path, start_node):
     assert stored["status"] == "failed" and "<the inline input>" in stored["message"]
     assert "<the bundle>/pre_dataprocess.py" in made.msg or "pre_dataprocess" in made.msg
     assert root in node.log()  # the log keeps the whole story
+
+
+def _wait_loaded(node, bid: str, headers: dict) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = node.get("/api/v1alpha/switch", params={"bid": bid}, headers=headers).json()
+        if state["status"] == "loaded":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"backend {bid} did not load: {state}")
+
+
+def test_logs_are_timestamped_summed_up_and_a_clean_stop_prints_no_traceback(storage, tmp_path,
+                                                                              start_node):
+    import re
+
+    write_bundle(storage, name="tiny", seed=8)
+    image = write_image(tmp_path / "a.png", seed=8)
+    node = start_node(storage, env={"AISRV_AUTH_TOKEN": "t0ken", "AISRV_AUTH_MAX_FAILURES": "0"})
+    headers = {"Authorization": "Bearer t0ken"}
+    answer = node.post("/api/v1alpha/switch", {"btype": "pytorch", "model": "tiny"},
+                       headers=headers)
+    bid = answer.json()["bid"]
+    _wait_loaded(node, bid, headers)
+    for _ in range(40):  # one client getting it wrong, again and again
+        assert node.get("/readyz").status_code == 401
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "more like it" not in node.log():
+        time.sleep(0.5)
+    assert node.post("/api/v1alpha/detect", {"path": str(image), "bid": bid},
+                     headers=headers).status_code == 200
+    node.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert node.proc.wait(60) == 0
+    log = node.log()
+    assert log.count("authentication failed from 127.0.0.1: GET /readyz") == 2  # once, then
+    assert re.search(r"\.\.\. 39 more like it in the last 10 s: authentication failed", log)
+    lines = [line for line in log.splitlines() if line.strip()]
+    stamped = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \[")
+    assert [line for line in lines if not stamped.match(line)] == []
+    assert "Traceback" not in log and "Exception ignored" not in log

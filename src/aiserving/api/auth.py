@@ -15,12 +15,19 @@ peer inside one of its networks (403 / PERMISSION_DENIED otherwise). The peer is
 the connection's own address: the REST front has no proxy in front of it, so a
 client-sent `X-Forwarded-For` is never believed. A unix-socket peer is on this
 box and counts as loopback.
+
+A peer that keeps failing authentication (`auth.max_failures` a minute) is refused
+outright until its minute is over, so tokens cannot be guessed at the doors' speed;
+every failure is logged with the peer.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import threading
+import time
 from urllib.parse import unquote
 
 from aiserving.errors import AiservingError
@@ -47,20 +54,75 @@ class Forbidden(AiservingError):
     http_status = 403
 
 
+class TooManyFailures(AiservingError):
+    code = 1
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+log = logging.getLogger(__name__)
+_WINDOW_S = 60.0
+
+
 _LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 class Guard:
-    def __init__(self, token: str, admin_token: str, admin_addresses=()):
+    def __init__(self, token: str, admin_token: str, admin_addresses=(), max_failures: int = 0):
         self.token = token.encode()
         self.admin = admin_token.encode()
         self.networks = tuple(ipaddress.ip_network(a.strip(), strict=False)
                               for a in admin_addresses)
+        self.max_failures = max_failures
+        self._failures: dict[str, list[float]] = {}  # peer address -> failure times
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings) -> "Guard":
         return cls(settings["auth.token"], settings["auth.admin_token"],
-                   settings["auth.admin_addresses"])
+                   settings["auth.admin_addresses"], settings["auth.max_failures"])
+
+    def check_peer(self, peer: str | None) -> None:
+        """Raise TooManyFailures while `peer` is over its failures of the last minute."""
+        if not self.max_failures:
+            return
+        key = str(peer_address(peer) or peer or "")
+        now = time.monotonic()
+        with self._lock:
+            times = [t for t in self._failures.get(key, ()) if now - t < _WINDOW_S]
+            if times:
+                self._failures[key] = times
+            else:
+                self._failures.pop(key, None)
+        if len(times) >= self.max_failures:
+            wait = int(_WINDOW_S - (now - times[0])) + 1
+            raise TooManyFailures(f"too many failed authentications from this address "
+                                  f"(auth.max_failures: {self.max_failures} a minute); "
+                                  f"retry in {wait} s", wait)
+
+    def failed(self, peer: str | None, what: str) -> None:
+        """Count and log a failed authentication of `peer`."""
+        key = str(peer_address(peer) or peer or "")
+        log.warning("authentication failed from %s: %s", key or "an unknown peer", what)
+        if not self.max_failures:
+            return
+        with self._lock:
+            if len(self._failures) > 10_000:  # a flood of addresses: keep the newest only
+                self._failures.clear()
+            self._failures.setdefault(key, []).append(time.monotonic())
+
+    def authenticate(self, peer: str | None, authorization: str | None, admin: bool,
+                     what: str) -> None:
+        """`check`, refused outright for a peer over its failures, counting new ones."""
+        self.check_peer(peer)
+        try:
+            self.check(authorization, admin)
+        except Unauthenticated:
+            self.failed(peer, what)
+            raise
 
     @property
     def active(self) -> bool:

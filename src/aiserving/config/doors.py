@@ -61,6 +61,11 @@ SETTINGS: tuple[Setting, ...] = (
             "connection's own peer address (never `X-Forwarded-For`); others get 403 / "
             "PERMISSION_DENIED. With tokens set, both must pass. Empty: no address check.",
             networks),
+    Setting("auth.max_failures", 10, "int",
+            "Failed authentications (a wrong or missing token) one peer address may make per "
+            "minute; past it every call from that address is refused (429 with Retry-After "
+            "/ RESOURCE_EXHAUSTED) until the minute is over. Each failure is logged with "
+            "the peer (repeats summed up). 0: no limit.", non_negative),
     Setting("tls.cert", "", "str",
             "PEM certificate (chain) of the node: with `tls.key`, gRPC uses TLS and the REST "
             "front serves HTTPS only. A relative path is taken from the settings file's "

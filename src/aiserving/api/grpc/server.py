@@ -21,7 +21,7 @@ from aiserving.api.grpc.inference_service import InferenceService
 from aiserving.api.grpc.model_service import ModelService
 from aiserving.api.grpc.protocol import (backend_pb2_grpc, connectivity_pb2_grpc, exchange_pb2_grpc,
                                          inference_pb2_grpc, model_pb2_grpc)
-from aiserving.api.auth import ADMIN_RPCS, Forbidden, Guard, Unauthenticated
+from aiserving.api.auth import ADMIN_RPCS, Forbidden, Guard, TooManyFailures, Unauthenticated
 from aiserving.api.grpc.uploads import CHUNK_BYTES, UploadStore
 from aiserving.api.tls import TlsFiles
 from aiserving.bundle.catalog import ModelCatalog
@@ -121,7 +121,8 @@ def interceptors(settings) -> list:
 
 
 class _Authenticate(grpc.ServerInterceptor):
-    """Every call carries the token as `authorization` metadata, or is refused."""
+    """Every call carries the token as `authorization` metadata, or is refused; a peer
+    failing too often is refused outright (RESOURCE_EXHAUSTED) for a while."""
 
     def __init__(self, guard: Guard):
         self.guard = guard
@@ -132,13 +133,22 @@ class _Authenticate(grpc.ServerInterceptor):
             return None
         metadata = dict(details.invocation_metadata or ())
         admin = details.method in ADMIN_RPCS
-        try:
-            self.guard.check(metadata.get("authorization"), admin)
-        except Unauthenticated as exc:
-            return _refusal(handler, exc.message)
-        if admin and self.guard.networks:
-            return _address_checked(handler, self.guard)
-        return handler
+        guard = self.guard
+
+        def check(context):  # at call time: the peer is known only then
+            try:
+                guard.authenticate(context.peer(), metadata.get("authorization"), admin,
+                                   details.method)
+                if admin:
+                    guard.check_address(context.peer())
+            except Unauthenticated as exc:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+            except TooManyFailures as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+            except Forbidden as exc:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
+
+        return _checked(handler, check)
 
 
 class _Malformed:
@@ -208,24 +218,10 @@ def _like(handler, behaviour, deserializer=None):
                 response_serializer=handler.response_serializer)
 
 
-def _refusal(handler, message: str):
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-    def refuse(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    return _like(handler, refuse)
-
-
-def _address_checked(handler, guard: Guard):
-    """`handler`, run only for a peer inside `auth.admin_addresses` (else PERMISSION_DENIED)."""
+def _checked(handler, check):
+    """`handler`, run once `check(context)` let the call through (it aborts otherwise)."""
     _, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour = getattr(handler, attribute)
-
-    def check(context):
-        try:
-            guard.check_address(context.peer())
-        except Forbidden as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
 
     if handler.response_streaming:
         def guarded_stream(request, context):

@@ -31,6 +31,7 @@ from aiserving.broker import broker as brk
 from aiserving.config import Settings
 from aiserving.errors import AiservingError, BadRequest, NotReady, QueueFull, RequestTimeout
 from aiserving.jobs.inputs import check_input_path, limit_pixels
+from aiserving.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ PREFIX = "/api/v1alpha"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    if settings is None:
+    if settings is None:  # in a front worker process gunicorn started
         resolved = os.environ.get("AISRV_RESOLVED_SETTINGS")
         settings = Settings(json.loads(resolved)) if resolved else Settings.load()
+        setup_logging(settings["log.level"], "front")  # timestamped, repeats summed up
     broker = brk.Broker(settings.redis_url, settings["node.name"],
                         queue_max=settings["queue.max_len"], result_ttl=settings["result.ttl_s"],
                         inline_max=settings["queue.max_inline_bytes"],
@@ -66,7 +68,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         if guard.active and request.path != "/healthz" and not console.is_page(request.path):
             # Management: what changes the models a node runs.
             admin = request.method == "POST" and request.path in admin_paths
-            guard.check(request.headers.get("Authorization"), admin)
+            guard.authenticate(request.remote_addr, request.headers.get("Authorization"),
+                               admin, f"{request.method} {request.path}")
             if admin:  # the socket's peer: no proxy stands in front, X-Forwarded-For is a lie
                 guard.check_address(request.remote_addr)
 

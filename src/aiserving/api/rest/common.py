@@ -17,7 +17,7 @@ import redis
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from aiserving.api.auth import Unauthenticated
+from aiserving.api.auth import TooManyFailures, Unauthenticated
 from aiserving.errors import AiservingError, BadRequest
 
 log = logging.getLogger("aiserving.api.rest")
@@ -43,6 +43,8 @@ def error_response(exc: Exception, render: Callable[[str, int], Response]) -> Re
         message, status = exc.message, exc.http_status
         if status == 503:  # not ready, a full queue, the daemon busy: each passes
             headers["Retry-After"] = "1"
+        elif isinstance(exc, TooManyFailures):
+            headers["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, Unauthenticated):
             headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, redis.RedisError):

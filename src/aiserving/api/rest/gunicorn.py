@@ -22,7 +22,9 @@ Imported only by gunicorn in the front's worker processes (it imports gevent).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 
 from gunicorn import util
 from gunicorn.http import wsgi
@@ -64,6 +66,14 @@ class GuardedGeventWorker(GeventWorker):
         # Cython-compiled function need not offer.
         self.cfg.settings["ssl_context"].value = self._ssl_context
         super().init_process()
+        # A clean end (the worker stopped serving): leave without the interpreter's
+        # finalization, where gevent's patched locks meet greenlets being torn down and
+        # logging's weakref callbacks printed "Exception ignored ... greenlet is being
+        # finalized" on every stop.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     def _ssl_context(self, config, default_factory):
         context = default_factory()

@@ -17,8 +17,11 @@ def _answers(ok: dict, *codes: int) -> dict:
              403: "management call from outside auth.admin_addresses",
              404: "unknown model or backend", 409: "too many backends", 413: "body too large",
              422: "bundle malformed, or its processing failed on this input",
+             429: "too many failed authentications from this address (Retry-After)",
              500: "inference failed", 503: "not ready, queue full or redis unavailable "
              "(Retry-After)", 504: "no result within request.timeout_s"}
+    if 401 in codes:  # where tokens are asked, a peer guessing them is stopped
+        codes = tuple(sorted({*codes, 429}))
     for code in codes:
         out[str(code)] = {"description": words[code],
                           "content": {"application/json": {"schema": _FAILED}}}
@@ -104,7 +107,10 @@ def document() -> dict:
                     "compiled": {"type": "boolean"}}},
                 "Ready": {"type": "object", "properties": {
                     "status": {"type": "string"},
-                    "backends": {"type": "array", "items": backend_id}}},
+                    "backends": {"type": "array", "items": backend_id},
+                    "redis_persists": {"type": "boolean", "description": "whether redis keeps "
+                                       "an append-only file (queued jobs and results outlive "
+                                       "its restart)"}}},
                 "Nodes": _nodes_schema(),
             },
         },
@@ -136,7 +142,8 @@ def document() -> dict:
                                  "security": [{}],
                                  "responses": _answers({"$ref": "#/components/schemas/Health"},
                                                        503)}},
-            "/readyz": {"get": {"summary": "200 when a model is loaded and running.",
+            "/readyz": {"get": {"summary": "200 when the node daemon takes commands and a model "
+                                           "is loaded and running.",
                                 "responses": _answers({"$ref": "#/components/schemas/Ready"},
                                                       401, 503)}},
             "/metrics": {"get": {"summary": "Prometheus metrics of all the node's processes "
@@ -144,11 +151,13 @@ def document() -> dict:
                                  "responses": {"200": {"description": "Prometheus text format",
                                                        "content": {"text/plain": {
                                                            "schema": {"type": "string"}}}},
-                                               "401": {"description": "token missing"}}}},
+                                               "401": {"description": "token missing"},
+                                               "429": {"description": "too many failures"}}}},
             "/openapi.json": {"get": {"summary": "This document.",
                                       "responses": {"200": {"description": "OpenAPI 3",
                                                             "content": {"application/json": {
                                                                 "schema": {"type": "object"}}}},
-                                                    "401": {"description": "token missing"}}}},
+                                                    "401": {"description": "token missing"},
+                                                    "429": {"description": "too many failures"}}}},
         },
     }
