@@ -15,7 +15,6 @@ The storage lives on the disk this script runs from (not a tmpfs), or `--dir`.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -27,9 +26,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_serving import load  # noqa: E402
+from bench_serving import demo_images, load  # noqa: E402
 
-from aiserving.cli.demo import LABELS, draw_shape, ensure_demo  # noqa: E402
+from aiserving.cli.demo import ensure_demo  # noqa: E402
 from tests.support.node import NodeProcess  # noqa: E402
 
 MODES = ("off", "everysec", "always")
@@ -88,13 +87,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="durability-") as tmp:
             storage = Path(tmp) / "storage"
             ensure_demo(storage)
-            rng = random.Random(0)
-            images = []
-            for n in range(64):
-                path = storage / "input" / f"img{n}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
-                images.append(path)
+            images = demo_images(storage)
             rows.append(measure(storage, mode, images, args.seconds, args.clients, args.repeat))
     base = rows[0]["rate"]
     print(f"\n/detect, demo bundle, {args.clients} closed-loop clients, {args.seconds:g} s x "

@@ -357,6 +357,20 @@ def floor(images: list[Path], seconds: float) -> list[dict]:
         front.wait(30)
 
 
+def demo_images(storage: Path, count: int = 64) -> list[Path]:
+    """The demo's shapes as JPEG inputs under `<storage>/input/`, the same every run."""
+    import random
+
+    rng = random.Random(0)
+    images = []
+    for n in range(count):
+        path = storage / "input" / f"img{n}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
+        images.append(path)
+    return images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -387,15 +401,7 @@ def main() -> None:
         storage = Path(tmp) / "storage"
         demo, _ = ensure_demo(storage)
         cnn = write_cnn_bundle(storage)
-        import random
-
-        rng = random.Random(0)
-        images = []
-        for n in range(64):
-            path = storage / "input" / f"img{n}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            draw_shape(LABELS[n % 3], rng, 128).save(path, "JPEG")
-            images.append(path)
+        images = demo_images(storage)
         for name in filter(None, args.models.split(",")):
             bundle = {"demo": demo, "cnn": cnn}[name]
             raws = {}
