@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiserving.backends.base import Backend
 from aiserving.errors import UnsupportedBackend
+from aiserving.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,11 @@ def _installed(package: str) -> bool:
 def _start_probe(module: str) -> subprocess.Popen:
     # The child sees what this process sees: the source tree or the release-pack.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    # Loads no longer wait for the probe, so a node may stop while one still imports:
+    # the child goes with the thread that started it.
     return subprocess.Popen([sys.executable, "-c", f"import {module}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
 
 def _probe_result(module: str, child: subprocess.Popen) -> bool:
