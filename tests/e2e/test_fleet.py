@@ -94,9 +94,12 @@ def test_three_nodes_share_the_work_and_survive_one_killed(tmp_path, start_node)
         names = sorted(f"test{node.port}" for node in nodes)
 
         # The registry: every node listed, by each door, with what it runs.
+        # (Models load without waiting for the framework probe: each node lists its
+        # backend types once the probe is done.)
         _wait(lambda: _rest_names(nodes[0])[0] == names and all(
-            m["status"] == "loaded" for n in _rest_names(nodes[0])[1] for m in n["models"]),
-            30, "the registry never listed the three nodes serving the model")
+            n["backend_types"] is not None and all(m["status"] == "loaded" for m in n["models"])
+            for n in _rest_names(nodes[0])[1]),
+            60, "the registry never listed the three nodes serving the model")
         listed = {n["name"]: n for n in _rest_names(nodes[1])[1]}
         for node in nodes:
             entry = listed[f"test{node.port}"]
