@@ -355,8 +355,11 @@ def _redis_pid(node) -> int:
     import psutil
 
     for child in psutil.Process(node.proc.pid).children(recursive=True):
-        if "redis-server" in " ".join(child.cmdline()):
-            return child.pid
+        try:
+            if "redis-server" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:  # the killed one, not reaped yet
+            pass
     raise AssertionError("no embedded redis-server under the node")
 
 

@@ -210,6 +210,8 @@ class Node:
             raise BadRequest(f"model {model!r} is a {record.impl} bundle, not {btype}")
         if mode and mode != record.model_type:
             raise BadRequest(f"model {model!r} is a {record.impl} bundle, not mode {mode!r}")
+        if not bid and not btype:
+            raise BadRequest("field 'btype' is required to create a new backend")
         if bid:
             self.load_model(bid, bundle)
         elif self._rest_already(bundle, device):
@@ -218,8 +220,6 @@ class Node:
             # take memory.
             return self.rest_bid
         else:
-            if not btype:
-                raise BadRequest("field 'btype' is required to create a new backend")
             bid = self.create_backend(record.impl, device=device)
             try:
                 self.load_model(bid, bundle)
