@@ -351,18 +351,6 @@ def test_idle_and_half_sent_connections_do_not_block_anyone(storage, tmp_path, s
     assert node.get("/healthz").status_code == 200
 
 
-def _redis_pid(node) -> int:
-    import psutil
-
-    for child in psutil.Process(node.proc.pid).children(recursive=True):
-        try:
-            if "redis-server" in " ".join(child.cmdline()):
-                return child.pid
-        except psutil.Error:  # the killed one, not reaped yet
-            pass
-    raise AssertionError("no embedded redis-server under the node")
-
-
 def _through_the_gap(node, image) -> list[int]:
     """Poll /healthz, /readyz and /detect until all three succeed; every code seen."""
     seen = []
@@ -384,11 +372,11 @@ def test_the_embedded_redis_killed_is_restarted(storage, tmp_path, start_node):
     node = start_node(storage)
     node.switch(btype="pytorch", model="tiny")
     node.wait_switch()
-    old = _redis_pid(node)
+    old = node.redis_pid()
     os.kill(old, signal.SIGKILL)
     seen = _through_the_gap(node, image)
     assert set(seen) <= {200, 503}, seen  # a fast explicit 503 in the gap, never a 500
-    assert _redis_pid(node) != old
+    assert node.redis_pid() != old
     assert "the embedded redis exited" in node.log()
     client = Client(node)  # the gRPC door and db 5 work again too
     try:

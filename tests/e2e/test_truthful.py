@@ -9,22 +9,11 @@ import signal
 import textwrap
 import time
 
-import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.support.bundles import write_bundle, write_image
 from tests.support.grpc_client import Client, backend_pb2, inference_pb2, model_info
-
-
-def _redis_pid(node) -> int:
-    for child in psutil.Process(node.proc.pid).children(recursive=True):
-        try:
-            if "redis-server" in " ".join(child.cmdline()):
-                return child.pid
-        except psutil.Error:  # the killed one, not reaped yet
-            pass
-    raise AssertionError("no embedded redis-server under the node")
 
 
 def _grpc_ready(oip, name: str) -> bool:
@@ -63,7 +52,7 @@ def test_a_served_model_is_never_a_404_while_redis_comes_back_empty(storage, tmp
     node = start_node(storage, env={"AISRV_REDIS_DURABILITY": "off"})
     bid = node.switch(btype="pytorch", model="tiny")
     node.wait_switch(bid)
-    old = _redis_pid(node)
+    old = node.redis_pid()
     os.kill(old, signal.SIGKILL)
     seen, retry_after = [], []
     deadline = time.monotonic() + 60
@@ -76,7 +65,7 @@ def test_a_served_model_is_never_a_404_while_redis_comes_back_empty(storage, tmp
             break
         time.sleep(0.02)
     assert seen[-2:] == [200, 200], seen[-10:]
-    assert _redis_pid(node) != old
+    assert node.redis_pid() != old
     assert set(seen) <= {200, 503}, seen  # never "no such model" for one that is served
     assert all(value == "1" for value in retry_after), retry_after
 

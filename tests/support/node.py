@@ -126,6 +126,16 @@ class NodeProcess:
                 pass
         return pids
 
+    def redis_pid(self) -> int:
+        """PID of the embedded redis-server (a killed one not yet reaped is skipped)."""
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "redis-server" in " ".join(child.cmdline()):
+                    return child.pid
+            except psutil.Error:
+                pass
+        raise AssertionError("no embedded redis-server under the node")
+
     def all_pids(self) -> list[int]:
         try:
             return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
